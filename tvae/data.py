@@ -1,0 +1,140 @@
+"""The 3^9 ternary operations, their 3-adic valuations, the held-out split and stratified batches.
+
+Index i <-> 9 trits: trit k = (digit k of i in base 3) - 1, position 0 least significant.
+v(i) = largest k with 3^k | i, v(0) = 9.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+N_OPS = 3 ** 9
+N_TRITS = 9
+MAX_VALUATION = 9
+N_LEVELS = MAX_VALUATION + 1
+
+
+def all_trits() -> torch.Tensor:
+    """(N, 9) float32 trits in {-1, 0, 1}, row i = operation i."""
+    idx = torch.arange(N_OPS)
+    powers = 3 ** torch.arange(N_TRITS)
+    return ((idx[:, None] // powers) % 3 - 1).to(torch.float32)
+
+
+def valuations(indices: torch.Tensor | None = None) -> torch.Tensor:
+    """3-adic valuation (int64) of each index (default: all N), with v(0) = 9; indices are clamped to [0, N-1]."""
+    idx = torch.arange(N_OPS) if indices is None else indices.clamp(0, N_OPS - 1)
+    v = torch.zeros_like(idx)
+    rest = idx.clone()
+    for _ in range(MAX_VALUATION):   # 9 vectorised passes over all indices (not a per-sample loop)
+        divisible = (rest % 3 == 0) & (rest > 0)
+        v += divisible.long()
+        rest = torch.where(divisible, rest // 3, rest)
+    return torch.where(idx == 0, torch.full_like(v, MAX_VALUATION), v)
+
+
+def valuation_table() -> torch.Tensor:
+    """v for every index 0..N-1: look-up table, also used for pair valuations v(|i - j|)."""
+    return valuations()
+
+
+def zero_valuation(trits: torch.Tensor) -> torch.Tensor:
+    """Length of the leading run of 0 trits from position 0 (upstream's zero-structure label, not v)."""
+    is_zero = (trits == 0).long()
+    return torch.cumprod(is_zero, dim=1).sum(dim=1)
+
+
+def zero_count(trits: torch.Tensor) -> torch.Tensor:
+    return (trits == 0).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: torch.Tensor     # sorted int64 indices
+    heldout: torch.Tensor   # sorted int64 indices (may be empty)
+
+
+def stratified_split(train_fraction: float, split_seed: int) -> Split:
+    """Per valuation level keep max(1, round(fraction * n_v)) operations for training (all when fraction = 1).
+
+    Seeded by ``split_seed`` only, so every trial with the same split seed sees the same split."""
+    if not 0.0 < train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+    all_idx = torch.arange(N_OPS)
+    if train_fraction == 1.0:
+        return Split(all_idx, all_idx[:0])
+    gen = torch.Generator().manual_seed(int(split_seed))
+    v = valuations()
+    perm = torch.randperm(N_OPS, generator=gen)
+    # order a random permutation by level (stable), so each level's members come in random order
+    order = perm[torch.argsort(v[perm], stable=True)]
+    counts = torch.bincount(v, minlength=N_LEVELS)
+    keep = torch.clamp(torch.round(counts.double() * train_fraction).long(), min=1)
+    starts = torch.cumsum(counts, 0) - counts
+    rank_in_level = torch.arange(N_OPS) - starts[v[order]]
+    is_train = rank_in_level < keep[v[order]]
+    return Split(torch.sort(order[is_train]).values, torch.sort(order[~is_train]).values)
+
+
+class StratifiedSampler:
+    """Builds every stratified batch of an epoch at once.
+
+    Each batch: the levels >= ``high_v_min_level`` present in the training set share ``floor(B * ratio)``
+    draws equally (with replacement inside a level); the other levels share the rest in proportion to their
+    size, at least 1 each; the batch is trimmed at random or padded with uniform draws to exactly B.
+    The slot layout is the same for every batch; only the draws inside a level are random.
+    """
+
+    def __init__(self, train: torch.Tensor, batch_size: int, high_v_budget_ratio: float, high_v_min_level: int):
+        v = valuations(train)
+        order = torch.argsort(v, stable=True)
+        self.sorted_train = train[order]
+        sizes = torch.bincount(v, minlength=N_LEVELS)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        present = sizes > 0
+        high = present & (torch.arange(N_LEVELS) >= high_v_min_level)
+        low = present & ~high
+        budget_high = int(batch_size * high_v_budget_ratio)
+        n_high = int(high.sum())
+        per_high = max(1, budget_high // n_high) if n_high else 0
+        budget_low = batch_size - budget_high if n_high else batch_size
+        low_total = int(sizes[low].sum())
+        draws = torch.zeros(N_LEVELS, dtype=torch.long)
+        draws[high] = per_high
+        if low_total:
+            draws[low] = torch.clamp((budget_low * sizes[low]) // low_total, min=1)
+        level_of_slot = torch.repeat_interleave(torch.arange(N_LEVELS), draws)
+        self.batch_size = batch_size
+        self.n_train = len(train)
+        self.n_batches = -(-len(train) // batch_size)
+        self.n_slots = len(level_of_slot)
+        n_pad = max(0, batch_size - self.n_slots)
+        # slot -> (offset into sorted_train, size of the pool it draws from); padding draws from all of train
+        self.slot_offset = torch.cat([offsets[level_of_slot], torch.zeros(n_pad, dtype=torch.long)])
+        self.slot_size = torch.cat([sizes[level_of_slot], torch.full((n_pad,), len(train), dtype=torch.long)])
+        self.draws_per_level = draws
+
+    def to(self, device: torch.device | str) -> "StratifiedSampler":
+        self.sorted_train = self.sorted_train.to(device)
+        self.slot_offset = self.slot_offset.to(device)
+        self.slot_size = self.slot_size.to(device)
+        return self
+
+    def epoch_batches(self, gen: torch.Generator | None = None) -> torch.Tensor:
+        """(n_batches, B) int64 operation indices for one epoch."""
+        n_slots_total = len(self.slot_offset)
+        dev = self.sorted_train.device
+        u = torch.rand(self.n_batches, n_slots_total, generator=gen, dtype=torch.float64, device=dev)
+        pick = (u * self.slot_size).long().clamp_max(self.slot_size - 1)
+        batch = self.sorted_train[self.slot_offset + pick]   # a padding slot draws uniformly from all of train
+        if n_slots_total > self.batch_size:  # too many slots: keep a random B of them per batch
+            keep = torch.argsort(torch.rand(self.n_batches, n_slots_total, generator=gen, device=dev), dim=1)[:, : self.batch_size]
+            batch = torch.gather(batch, 1, keep)
+        return batch
+
+
+def shuffled_batches(train: torch.Tensor, batch_size: int, gen: torch.Generator | None = None) -> list[torch.Tensor]:
+    """One pass over the training operations in random order (the coverage phase)."""
+    perm = train[torch.randperm(len(train), generator=gen, device=train.device)]
+    return list(torch.split(perm, batch_size))

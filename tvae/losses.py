@@ -1,0 +1,101 @@
+"""The v5.12.4 losses, vectorised.
+
+Per-level statistics use a (B, 10) one-hot matrix (matmuls, no loops over levels or samples). Radius tensors
+may carry a leading axis of 2 (z_A and z_B stacked), in which case a term returns the sum over both, which is
+how upstream applies radial, rank, zero-structure and geodesic terms to A and B. Random pairs are drawn by the
+caller (once per epoch for all steps) and passed in as index tensors. Nothing here calls ``.item()``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tvae.geometry import distance
+
+
+def level_targets(inner: float, outer: float, n_levels: int = 10, device=None) -> torch.Tensor:
+    """Target hyperbolic radius per level: outer - (v/9)(outer - inner)."""
+    v = torch.arange(n_levels, dtype=torch.float32, device=device)
+    return outer - v / (n_levels - 1) * (outer - inner)
+
+
+def level_mean_var(r: torch.Tensor, onehot: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-level mean and unbiased variance of r (..., B) given onehot (B, L) and counts (L,).
+    Levels with < 1 (mean) or < 2 (variance) members give 0."""
+    mean = (r @ onehot) / counts.clamp_min(1)
+    dev = r - mean @ onehot.T
+    var = (dev * dev) @ onehot / (counts - 1).clamp_min(1)
+    return mean, var
+
+
+def rich_hierarchy(r_B: torch.Tensor, r_orig: torch.Tensor, onehot: torch.Tensor, counts: torch.Tensor,
+                   targets: torch.Tensor, present: torch.Tensor, var_levels: torch.Tensor,
+                   sep_lo: torch.Tensor, sep_hi: torch.Tensor, min_ratio: float, margin: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hierarchy, richness, separation) terms of RichHierarchyLoss on z_B's radii (unweighted).
+
+    hierarchy  = mean over present levels of (mean r_v - t_v)^2
+    richness   = sum over levels with >= 2 members of relu(min_ratio - Var(r|v)/(Var(r_orig|v)+1e-8))^2,
+                 divided by the number of present levels
+    separation = sum over consecutive present levels (a < b) of relu(mean r_b - mean r_a + margin)
+    ``present``/``var_levels`` are float masks; ``sep_lo``/``sep_hi`` index consecutive present levels."""
+    mean, var = level_mean_var(r_B, onehot, counts)
+    n_present = present.sum().clamp_min(1)
+    hierarchy = (((mean - targets) ** 2) * present).sum() / n_present
+    _, var_orig = level_mean_var(r_orig, onehot, counts)
+    ratio = var / (var_orig + 1e-8)
+    richness = ((F.relu(min_ratio - ratio) ** 2) * var_levels).sum() / n_present
+    separation = F.relu(mean[sep_hi] - mean[sep_lo] + margin).sum()
+    return hierarchy, richness, separation
+
+
+def reconstruction(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over all B*9 positions; classes = trits + 1."""
+    return F.cross_entropy(logits.reshape(-1, 3), classes.reshape(-1))
+
+
+def radial(r: torch.Tensor, v: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+           pi: torch.Tensor, pj: torch.Tensor, delta: float, margin_weight: float) -> torch.Tensor:
+    """RadialHierarchyLoss: mean_i w_v (r_i - t_v)^2 + margin_weight * mean over pairs with v_i > v_j of
+    relu(0.5 (v_i - v_j) delta - (r_j - r_i)). Summed over a leading A/B axis if present."""
+    primary = (weights[v] * (r - targets[v]) ** 2).mean(-1)
+    vi, vj = v[pi], v[pj]
+    keep = (vi > vj).to(r.dtype)
+    pen = F.relu(0.5 * (vi - vj).to(r.dtype) * delta - (r[..., pj] - r[..., pi]))
+    margin = (pen * keep).sum(-1) / keep.sum().clamp_min(1)
+    return (primary + margin_weight * margin).sum()
+
+
+def rank(r: torch.Tensor, v: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor, temperature: float) -> torch.Tensor:
+    """GlobalRankLoss: mean over pairs with v_i != v_j of |v_i - v_j| sigmoid(-sign(v_i - v_j)(r_j - r_i)/T)."""
+    dv = (v[pi] - v[pj]).to(r.dtype)
+    keep = (dv != 0).to(r.dtype)
+    pen = dv.abs() * torch.sigmoid(-torch.sign(dv) * (r[..., pj] - r[..., pi]) / temperature)
+    return ((pen * keep).sum(-1) / keep.sum().clamp_min(1)).sum()
+
+
+def zero_structure(r: torch.Tensor, zero_target: torch.Tensor, n_zero_std: torch.Tensor,
+                   valuation_weight: float, sparsity_weight: float, target_correlation: float) -> torch.Tensor:
+    """CombinedZeroStructureLoss, each weight applied once:
+    valuation_weight * SmoothL1(r, target by zero-valuation) + sparsity_weight * (corr(n0, r) - target)^2.
+    ``n_zero_std`` is the batch-standardised zero count (computed by the caller, it has no gradient)."""
+    val = F.smooth_l1_loss(r, zero_target.expand_as(r), reduction="none", beta=1.0).mean(-1)
+    r_std = (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-8)
+    corr = (n_zero_std * r_std).mean(-1)
+    return (valuation_weight * val + sparsity_weight * (corr - target_correlation) ** 2).sum()
+
+
+def geodesic(z: torch.Tensor, pair_target: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor,
+             c: torch.Tensor) -> torch.Tensor:
+    """PAdicGeodesicLoss: SmoothL1(d(z_i, z_j), D exp(-v(|i-j|)/s)), mean over pairs; summed over A/B."""
+    d = distance(z[..., pi, :], z[..., pj, :], c)
+    return F.smooth_l1_loss(d, pair_target.expand_as(d), reduction="none", beta=1.0).mean(-1).sum()
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """Sum over dimensions of max(batch-mean KL_d, free_bits) against N(0, I)."""
+    kl = -0.5 * (1.0 + logvar - mu * mu - logvar.exp())
+    per_dim = kl.mean(0)
+    if free_bits > 0:
+        per_dim = per_dim.clamp_min(free_bits)
+    return per_dim.sum()

@@ -1,0 +1,126 @@
+"""The TernaryVAE: dual encoders, dual hyperbolic projections, one decoder reading log0 of A's ball point."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from tvae.config import ModelConfig
+from tvae.geometry import log0
+
+_HIDDEN = (256, 128, 64)
+
+
+class Encoder(nn.Module):
+    """9 -> 256 -> 128 -> 64 -> (mu, logvar) in R^d. ``relu``: Linear-ReLU (the published checkpoint's shape);
+    ``improved``: Linear-LayerNorm-SiLU-Dropout (no dropout after the last block), logvar clamped."""
+
+    def __init__(self, kind: str, latent_dim: int, dropout: float, logvar_min: float, logvar_max: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 9
+        for i, h in enumerate(_HIDDEN):
+            layers.append(nn.Linear(width, h))
+            if kind == "improved":
+                layers += [nn.LayerNorm(h), nn.SiLU()]
+                if i < len(_HIDDEN) - 1:
+                    layers.append(nn.Dropout(dropout))
+            else:
+                layers.append(nn.ReLU())
+            width = h
+        self.body = nn.Sequential(*layers)
+        # mu and logvar heads as one Linear (one matmul); split on output
+        self.heads = nn.Linear(width, 2 * latent_dim)
+        self.clamp = (logvar_min, logvar_max) if kind == "improved" else None
+        self.latent_dim = latent_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.heads(self.body(x)).split(self.latent_dim, dim=-1)
+        if self.clamp is not None:
+            logvar = logvar.clamp(*self.clamp)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """16 -> 32 -> 64 -> 27 logits, read as (B, 9, 3); class k <-> trit k - 1."""
+
+    def __init__(self, kind: str, latent_dim: int, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = latent_dim
+        for h in (32, 64):
+            layers.append(nn.Linear(width, h))
+            layers += [nn.LayerNorm(h), nn.SiLU(), nn.Dropout(dropout)] if kind == "improved" else [nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 27))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(*z.shape[:-1], 9, 3)
+
+
+class Projection(nn.Module):
+    """Euclidean latent -> ball point: normalize(z + direction_mlp(z)) * max_radius * sigmoid(radius_mlp(z)).
+    Identity-initialised direction (last layer zero), zero final radius bias."""
+
+    def __init__(self, latent_dim: int, hidden: int, n_layers: int, dropout: float, max_radius: float):
+        super().__init__()
+        d_layers: list[nn.Module] = []
+        width = latent_dim
+        for _ in range(n_layers):
+            d_layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.SiLU(), nn.Dropout(dropout)]
+            width = hidden
+        last = nn.Linear(width, latent_dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.direction = nn.Sequential(*d_layers, last)
+        r_hidden = max(32, hidden // 2)
+        r_layers: list[nn.Module] = []
+        width = latent_dim
+        for _ in range(n_layers):
+            r_layers += [nn.Linear(width, r_hidden), nn.SiLU(), nn.Dropout(dropout)]
+            width = r_hidden
+        r_last = nn.Linear(width, 1)
+        nn.init.zeros_(r_last.bias)
+        self.radius = nn.Sequential(*r_layers, r_last)
+        self.max_radius = max_radius
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = F.normalize(z + self.direction(z), dim=-1, eps=1e-12)
+        s = self.max_radius * torch.sigmoid(self.radius(z))
+        return u * s
+
+
+class TernaryVAE(nn.Module):
+    MODULES = ("encoder_A", "encoder_B", "proj_A", "proj_B", "decoder")
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.latent_dim
+        enc = lambda: Encoder(cfg.encoder, d, cfg.encoder_dropout, cfg.logvar_min, cfg.logvar_max)  # noqa: E731
+        proj = lambda: Projection(d, cfg.hidden_dim, cfg.projection_layers, cfg.projection_dropout,  # noqa: E731
+                                  cfg.max_radius)
+        self.encoder_A = enc()
+        self.encoder_B = enc()
+        self.proj_A = proj()
+        self.proj_B = proj()
+        self.decoder = Decoder(cfg.decoder, d, cfg.decoder_dropout)
+        # curvature c = softplus(raw): raw = log(e^c - 1). A parameter only when learnable.
+        raw = torch.tensor(math.log(math.expm1(cfg.curvature)), dtype=torch.float32)
+        if cfg.learnable_curvature:
+            self.raw_curvature = nn.Parameter(raw)
+        else:
+            self.register_buffer("raw_curvature", raw)
+
+    def curvature(self) -> torch.Tensor:
+        return F.softplus(self.raw_curvature)
+
+    def decode(self, z_hyp_A: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.decoder(log0(z_hyp_A, c))
+
+
+def sample(mu: torch.Tensor, logvar: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+    return mu + eps * torch.exp(0.5 * logvar)

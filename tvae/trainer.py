@@ -1,0 +1,486 @@
+"""The TernaryVAE trainer: one `TernaryRun` trains epoch by epoch and returns the epoch row.
+
+Phases (SPEC §3.3): coverage [0, e1) -> structure [e1, e2) -> geometry [e2, end). Implements the `Run`
+protocol of `tvae.tasks` through `make_run` and `load_run`.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from tvae import checkpoint, config as config_mod, data, losses, metrics
+from tvae.config import Config
+from tvae.geometry import distance, log0, radius
+from tvae.homeostasis import Homeostasis
+from tvae.model import TernaryVAE
+from tvae.schedules import lr_factor
+from tvae.tasks import DivergedError
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_VERSION = 1
+PHASES = ("coverage", "structure", "geometry")
+TERMS = ("recon", "kl", "hierarchy", "richness", "separation", "radial", "rank", "zero", "geodesic")
+SPLIT_METRICS = ("coverage", "hierarchy_A", "hierarchy_B", "richness_A", "richness_B", "dist_corr",
+                 "padic_dist_corr", "Q", "r_v0", "r_v9")
+# which way is better, for best_<metric>
+BEST_DIRECTION = {"coverage": max, "hierarchy_A": min, "hierarchy_B": min, "dist_corr": max,
+                  "padic_dist_corr": max, "Q": max}
+
+
+def phase_of(cfg: Config, epoch: int) -> str:
+    if epoch < cfg.phases.structure_start:
+        return "coverage"
+    if epoch < cfg.phases.geometry_start:
+        return "structure"
+    return "geometry"
+
+
+class _SplitEval:
+    """Fixed, seeded metric samples of one split (positions are into the split's sorted index array)."""
+
+    def __init__(self, ops: torch.Tensor, v_all: np.ndarray, cfg: Config, salt: int):
+        self.ops = ops.numpy()
+        self.v = v_all[self.ops]
+        rng = np.random.default_rng([cfg.eval.seed, salt])
+        n = len(self.ops)
+        m = min(cfg.eval.dist_corr_samples, n)
+        self.dist = metrics.DistCorrSample(np.sort(rng.choice(n, size=m, replace=False)), self.v) if m >= 2 else None
+        if n >= 2:
+            p = cfg.eval.padic_pairs
+            i = rng.integers(0, n, size=p)
+            j = (i + rng.integers(1, n, size=p)) % n          # j != i
+            self.pi, self.pj = self.ops[i], self.ops[j]
+            pair_v = data.valuations(torch.from_numpy(np.abs(self.pi - self.pj))).numpy()
+            self.padic_codes = metrics.padic_codes(pair_v)
+        else:
+            self.pi = self.pj = None
+
+
+class TernaryRun:
+    """One training run. ``epoch`` = epochs completed; ``train_epoch()`` trains the next one."""
+
+    def __init__(self, cfg: Config, device: str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        self.epochs = cfg.epochs
+        self.epoch = 0
+        dev = self.device
+
+        # --- data
+        self.trits = data.all_trits().to(dev)
+        self.classes = (self.trits + 1).long()
+        self.v = data.valuations().to(dev)
+        self.v_np = self.v.cpu().numpy()
+        self.split = data.stratified_split(cfg.data.train_fraction, cfg.data.split_seed)
+        self.sampler = data.StratifiedSampler(self.split.train, cfg.data.batch_size, cfg.data.high_v_budget_ratio,
+                                              cfg.data.high_v_min_level).to(dev)
+        self.train_ops = self.split.train.to(dev)
+        self.pair_valuation = data.valuation_table().to(dev)  # v(|i-j|) look-up
+        zv = data.zero_valuation(self.trits)
+        rad = cfg.loss.radial
+        self.targets = losses.level_targets(rad.inner_radius, rad.outer_radius, device=dev)
+        self.zero_target = (rad.outer_radius - zv.float() / 9 * (rad.outer_radius - rad.inner_radius))
+        self.zero_count = data.zero_count(self.trits).float()
+        self.radial_weights = 1.0 + torch.exp(rad.valuation_exponent * torch.arange(10, dtype=torch.float32, device=dev))
+        present = (self.sampler.draws_per_level > 0).nonzero().flatten()
+        self.sep_lo, self.sep_hi = present[:-1].to(dev), present[1:].to(dev)
+        self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1)}
+        if len(self.split.heldout):
+            self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2)
+
+        # --- model, optimiser, homeostasis (seeded by the trial seed)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2 ** 32)
+        random.seed(cfg.seed)
+        self.model = TernaryVAE(cfg.model).to(dev)
+        groups = [{"params": list(getattr(self.model, name).parameters()), "name": name}
+                  for name in TernaryVAE.MODULES]
+        if cfg.model.learnable_curvature:
+            groups.append({"params": [self.model.raw_curvature], "name": "curvature"})
+        import geoopt  # lazy: its import is slow
+
+        self.optimizer = geoopt.optim.RiemannianAdam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.homeostasis = Homeostasis(cfg.homeostasis, start_epoch=cfg.phases.structure_start)
+        self.r_orig: torch.Tensor | None = None      # reference radii of z_B at the start of the structure phase
+        self._cache_A: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.bests: dict[str, float] = {}
+        self.best_epochs: dict[str, int] = {}
+        self.last_row: dict[str, Any] | None = None
+        self.events: list[str] = []
+        self._rng = self._capture_rng()
+
+    # ------------------------------------------------------------------ RNG isolation
+    def _capture_rng(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    # ------------------------------------------------------------------ phase set-up
+    def _trainable(self, phase: str) -> dict[str, bool]:
+        if phase == "coverage":
+            return {"encoder_A": True, "encoder_B": False, "proj_A": True, "proj_B": False, "decoder": True}
+        fr = self.homeostasis.frozen
+        return {"encoder_A": not fr["encoder_A"], "encoder_B": not fr["encoder_B"], "proj_A": True,
+                "proj_B": True, "decoder": False}
+
+    def _begin_structure(self) -> None:
+        """End of the coverage phase: encoder B starts as a copy of A; reference radii of z_B are recorded."""
+        self.model.encoder_B.load_state_dict(self.model.encoder_A.state_dict())
+        self.model.proj_B.load_state_dict(self.model.proj_A.state_dict())
+        self.model.eval()
+        with torch.no_grad():
+            mu_B, _ = self.model.encoder_B(self.trits)
+            self.r_orig = radius(self.model.proj_B(mu_B), self.model.curvature()).clone()
+        self._cache_A = None
+
+    def _encoder_A_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu_A, logvar_A of every operation, cached while encoder A is frozen (its outputs cannot change)."""
+        if self._cache_A is None:
+            was_training = self.model.encoder_A.training
+            self.model.encoder_A.eval()
+            with torch.inference_mode(False), torch.no_grad():
+                mu, lv = self.model.encoder_A(self.trits)
+            self.model.encoder_A.train(was_training)
+            self._cache_A = (mu.clone(), lv.clone())
+        return self._cache_A
+
+    def _set_lrs(self, phase: str, trainable: dict[str, bool]) -> float:
+        o = self.cfg.optim
+        f = lr_factor(self.cfg.schedule, self.epoch, self.epochs)
+        if phase == "coverage":
+            base = self.cfg.coverage.lr * f
+            scales = {"encoder_A": 1.0, "proj_A": 1.0, "decoder": o.lr_scale_decoder}
+        else:
+            base = o.lr * f
+            scales = {"encoder_A": o.lr_scale_encoder_A, "encoder_B": o.lr_scale_encoder_B,
+                      "proj_A": o.lr_scale_projections, "proj_B": o.lr_scale_projections}
+        scales["curvature"] = 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = base * scales.get(group["name"], 0.0)
+        return base
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self) -> dict[str, Any]:
+        if self.epoch >= self.epochs:
+            raise RuntimeError(f"all {self.epochs} epochs are already trained")
+        t0 = time.perf_counter()
+        outer_rng = self._capture_rng()
+        self._restore_rng(self._rng)
+        try:
+            row = self._train_epoch()
+        finally:
+            self._rng = self._capture_rng()
+            self._restore_rng(outer_rng)
+        row["epoch_seconds"] = time.perf_counter() - t0
+        row["wall_time"] = time.time()
+        self._update_bests(row)
+        self.last_row = row
+        self.epoch += 1
+        return row
+
+    def _train_epoch(self) -> dict[str, Any]:
+        cfg, model = self.cfg, self.model
+        phase = phase_of(cfg, self.epoch)
+        if phase != "coverage" and self.r_orig is None:
+            self._begin_structure()
+        trainable = self._trainable(phase)
+        for name in TernaryVAE.MODULES:
+            module = getattr(model, name)
+            module.train(trainable[name])
+            module.requires_grad_(trainable[name])
+        if not trainable["encoder_A"] and phase != "coverage":
+            self._encoder_A_outputs()
+        else:
+            self._cache_A = None
+        lr = self._set_lrs(phase, trainable)
+        params = [p for p in model.parameters() if p.requires_grad]
+        before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+
+        if phase == "coverage":
+            sums, grad_sum, steps = self._coverage_epoch(params)
+        else:
+            sums, grad_sum, steps = self._structure_epoch(phase, params)
+
+        # --- the one host synchronisation of the training part
+        term_values = (sums / steps).tolist()
+        grad_norm = float(grad_sum) / steps
+        terms = dict(zip(TERMS, term_values))
+        for name, value in terms.items():
+            if not math.isfinite(value):
+                raise DivergedError(f"epoch {self.epoch}: loss term {name!r} is {value}")
+        after = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        module_norms = {name: float(torch.nn.utils.parameters_to_vector(getattr(model, name).parameters()).detach().norm())
+                        for name in TernaryVAE.MODULES}
+        row: dict[str, Any] = {"epoch": self.epoch, "phase": phase}
+        row.update(self._evaluate(phase))
+        row["loss"] = sum(term_values)
+        row.update({f"loss_{k}": v for k, v in terms.items()})
+        row["lr"] = lr
+        row["grad_norm"] = grad_norm
+        row["weight_norm"] = float(after.norm())
+        row.update({f"weight_norm_{name}": value for name, value in module_norms.items()})
+        row["update_ratio"] = float((after - before).norm() / before.norm().clamp_min(1e-12))
+        if phase != "coverage":
+            events = self.homeostasis.update(self.epoch, row["train_coverage"], row["train_hierarchy_A"],
+                                             row["train_hierarchy_B"], row["train_dist_corr"])
+            if events:
+                self.events.extend(events)
+                if self.homeostasis.frozen["encoder_A"] is False:
+                    self._cache_A = None
+        frozen = self._trainable(phase) if phase != "coverage" else trainable
+        row["frozen_encoder_A"] = not frozen["encoder_A"]
+        row["frozen_encoder_B"] = not frozen["encoder_B"]
+        row["frozen_decoder"] = not frozen["decoder"]
+        row["curvature"] = float(model.curvature().detach())
+        return row
+
+    def _step(self, loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        return norm
+
+    def _pairs(self, n_steps: int, batch: int, n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random ordered pairs (i, j), i != j (j shifted by one where equal), for every step of the epoch."""
+        p = torch.randint(0, batch, (n_steps, 2, n_pairs), device=self.device)
+        i, j = p[:, 0], p[:, 1]
+        j = torch.where(i == j, (j + 1) % batch, j)
+        return i, j
+
+    def _coverage_epoch(self, params):
+        cfg, model = self.cfg, self.model
+        cov, rad = cfg.coverage, cfg.loss.radial
+        batches = data.shuffled_batches(self.train_ops, cov.batch_size)
+        bsz = len(batches[0])
+        pi, pj = self._pairs(len(batches), bsz, min(rad.n_pairs, bsz * (bsz - 1) // 2))
+        delta = (rad.outer_radius - rad.inner_radius) / 9
+        sums = torch.zeros(len(TERMS), device=self.device)
+        grad_sum = torch.zeros((), device=self.device)
+        zero = torch.zeros((), device=self.device)
+        for s, idx in enumerate(batches):
+            x, cls, v = self.trits[idx], self.classes[idx], self.v[idx]
+            mu, logvar = model.encoder_A(x)
+            c = model.curvature()
+            eps = torch.randn_like(mu)
+            z_A = model.proj_A(mu + eps * torch.exp(0.5 * logvar))
+            recon = losses.reconstruction(model.decode(z_A, c), cls)
+            kl = cov.beta * losses.kl_divergence(mu, logvar, cov.free_bits)
+            a, b = (pi[s], pj[s]) if len(idx) == bsz else (pi[s] % len(idx), pj[s] % len(idx))
+            radial = cov.radial_weight * losses.radial(radius(z_A, c), v, self.targets, self.radial_weights,
+                                                       a, b, delta, rad.margin_weight)
+            loss = recon + kl + radial
+            grad_sum += self._step(loss, params)
+            sums += torch.stack([recon, kl, zero, zero, zero, radial, zero, zero, zero]).detach()
+        return sums, grad_sum, len(batches)
+
+    def _structure_epoch(self, phase: str, params):
+        cfg, model, dev = self.cfg, self.model, self.device
+        L = cfg.loss
+        batches = self.sampler.epoch_batches()                       # (S, B)
+        S, B = batches.shape
+        v_b = self.v[batches]                                        # (S, B)
+        onehot = torch.nn.functional.one_hot(v_b, 10).float()         # (S, B, 10)
+        counts = onehot.sum(1)                                       # (S, 10)
+        present = (counts > 0).float()
+        var_levels = (counts > 1).float()
+        r_orig_b = self.r_orig[batches]
+        n0 = self.zero_count[batches]
+        n0_std = (n0 - n0.mean(1, keepdim=True)) / (n0.std(1, keepdim=True) + 1e-8)
+        zero_t = self.zero_target[batches]
+        rad_i, rad_j = self._pairs(S, B, min(L.radial.n_pairs, B * (B - 1) // 2))
+        rank_i, rank_j = self._pairs(S, B, min(L.rank.n_pairs, B * (B - 1)))
+        geometry = phase == "geometry"
+        if geometry:
+            geo_i, geo_j = self._pairs(S, B, min(L.geodesic.n_pairs, B * (B - 1) // 2))
+            pv = self.pair_valuation[(torch.gather(batches, 1, geo_i) - torch.gather(batches, 1, geo_j)).abs()]
+            geo_t = L.geodesic.max_target_distance * torch.exp(-pv.float() / L.geodesic.valuation_scale)
+        w_rad = L.radial.weight * (0.5 if geometry else 1.0)
+        delta = (L.radial.outer_radius - L.radial.inner_radius) / 9
+        rich = L.rich
+        enc_A_trains = model.encoder_A.training and any(p.requires_grad for p in model.encoder_A.parameters())
+        enc_B_trains = any(p.requires_grad for p in model.encoder_B.parameters())
+        cache = None if enc_A_trains else self._encoder_A_outputs()
+        sums = torch.zeros(len(TERMS), device=dev)
+        grad_sum = torch.zeros((), device=dev)
+        zero = torch.zeros((), device=dev)
+        for s in range(S):
+            idx = batches[s]
+            x, v = self.trits[idx], v_b[s]
+            if cache is None:
+                mu_A, lv_A = model.encoder_A(x)
+            else:
+                mu_A, lv_A = cache[0][idx], cache[1][idx]
+            with torch.set_grad_enabled(enc_B_trains):
+                mu_B, lv_B = model.encoder_B(x)
+            z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A))
+            z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B))
+            c = model.curvature()
+            z = torch.stack([z_A, z_B])                               # (2, B, d)
+            r = radius(z, c)                                         # (2, B)
+            recon = rich.coverage_weight * losses.reconstruction(model.decoder(log0(z_A, c)), self.classes[idx])
+            h, richness, sep = losses.rich_hierarchy(r[1], r_orig_b[s], onehot[s], counts[s], self.targets,
+                                                     present[s], var_levels[s], self.sep_lo, self.sep_hi,
+                                                     rich.min_richness_ratio, rich.separation_margin)
+            h, richness, sep = rich.hierarchy_weight * h, rich.richness_weight * richness, rich.separation_weight * sep
+            radial = w_rad * losses.radial(r, v, self.targets, self.radial_weights, rad_i[s], rad_j[s], delta,
+                                           L.radial.margin_weight)
+            rank = L.rank.weight * losses.rank(r, v, rank_i[s], rank_j[s], L.rank.temperature)
+            zero_s = losses.zero_structure(r, zero_t[s], n0_std[s], L.zero.valuation_weight,
+                                           L.zero.sparsity_weight, L.zero.target_correlation)
+            geo = L.geodesic.weight * losses.geodesic(z, geo_t[s], geo_i[s], geo_j[s], c) if geometry else zero
+            loss = recon + h + richness + sep + radial + rank + zero_s + geo
+            grad_sum += self._step(loss, params)
+            sums += torch.stack([recon, zero, h, richness, sep, radial, rank, zero_s, geo]).detach()
+        return sums, grad_sum, S
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, phase: str) -> dict[str, float]:
+        model = self.model
+        model.eval()
+        with torch.inference_mode():
+            c = model.curvature()
+            if phase == "coverage":
+                mu_A = model.encoder_A(self.trits)[0]
+                mu_B = mu_A
+            else:
+                frozen_A = self.homeostasis.frozen["encoder_A"]
+                mu_A = self._encoder_A_outputs()[0] if frozen_A else model.encoder_A(self.trits)[0]
+                mu_B = model.encoder_B(self.trits)[0]
+            z_A = model.proj_A(mu_A)
+            z_B = z_A if phase == "coverage" else model.proj_B(mu_B)   # B is tied to A until e1
+            r_A, r_B = radius(z_A, c), radius(z_B, c)
+            correct = (model.decoder(log0(z_A, c)).argmax(-1) == self.classes).all(-1)
+            pair_d = {}
+            for split, ev in self.evals.items():
+                if ev.pi is not None:
+                    pi = torch.from_numpy(ev.pi).to(self.device)
+                    pj = torch.from_numpy(ev.pj).to(self.device)
+                    pair_d[split] = distance(z_B[pi], z_B[pj], c)
+            train_mu_B = mu_B[self.train_ops]
+            gram = train_mu_B.T @ train_mu_B
+        r_A, r_B = r_A.cpu().numpy(), r_B.cpu().numpy()
+        correct = correct.cpu().numpy()
+        out: dict[str, float] = {}
+        for split, ev in self.evals.items():
+            ops, v = ev.ops, ev.v
+            ra, rb = r_A[ops], r_B[ops]
+            m = {
+                "coverage": float(correct[ops].mean()),
+                "hierarchy_A": metrics.hierarchy(ra, v),
+                "hierarchy_B": metrics.hierarchy(rb, v),
+                "richness_A": metrics.richness(ra, v),
+                "richness_B": metrics.richness(rb, v),
+                "dist_corr": ev.dist(rb) if ev.dist is not None else float("nan"),
+                "padic_dist_corr": (metrics.padic_dist_corr(pair_d[split].cpu().numpy(), ev.padic_codes)
+                                    if split in pair_d else float("nan")),
+                "r_v0": metrics.level_mean(rb, v, 0),
+                "r_v9": metrics.level_mean(rb, v, 9),
+            }
+            m["Q"] = metrics.q_value(m["dist_corr"], m["hierarchy_B"])
+            out.update({f"{split}_{k}": m[k] for k in SPLIT_METRICS})
+        out["erank_B"] = metrics.effective_rank_from_gram(gram.cpu().numpy())
+        return out
+
+    # ------------------------------------------------------------------ bests, summary, save
+    def _update_bests(self, row: dict[str, Any]) -> None:
+        candidates = {"loss": min}
+        for split in self.evals:
+            for name, better in BEST_DIRECTION.items():
+                candidates[f"{split}_{name}"] = better
+        for key, better in candidates.items():
+            value = row.get(key)
+            if value is None or not math.isfinite(value):
+                continue
+            if key not in self.bests or better(value, self.bests[key]) != self.bests[key]:
+                self.bests[key] = value
+                self.best_epochs[key] = row["epoch"]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.last_row or {})
+        for key, value in self.bests.items():
+            out[f"best_{key}"] = value
+            out[f"best_{key}_epoch"] = self.best_epochs[key]
+        out["epochs_completed"] = self.epoch
+        out["homeostasis_events"] = list(self.events)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": config_mod.to_dict(self.cfg),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "homeostasis": self.homeostasis.state_dict(),
+            "rng": self._rng,
+            "r_orig": self.r_orig,
+            "bests": dict(self.bests),
+            "best_epochs": dict(self.best_epochs),
+            "last_row": self.last_row,
+            "events": list(self.events),
+        }
+
+    def save(self, directory: str | Path) -> None:
+        checkpoint.save(Path(directory) / CHECKPOINT_FILE, self.state())
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.homeostasis.load_state_dict(state["homeostasis"])
+        self._rng = state["rng"]
+        self.r_orig = None if state["r_orig"] is None else state["r_orig"].to(self.device)
+        self.bests = dict(state["bests"])
+        self.best_epochs = dict(state["best_epochs"])
+        self.last_row = state["last_row"]
+        self.events = list(state["events"])
+        self.epoch = int(state["epoch"])
+        self._cache_A = None
+
+
+# ---------------------------------------------------------------------------------------------- task API
+
+
+def make_run(overrides: Mapping[str, Any] | None = None, *, epochs: int | None = None, seed: int = 0,
+             device: str = "cpu", preset: str | None = None) -> TernaryRun:
+    """A fresh run. ``overrides`` are dotted config keys; the key ``preset`` selects the base preset."""
+    overrides = dict(overrides or {})
+    base = preset or overrides.pop("preset", "v5_12_4")
+    if not isinstance(base, str):
+        raise config_mod.ConfigError(f"preset: expected a str, got {base!r}")
+    cfg = config_mod.build(base, overrides=overrides, epochs=epochs, seed=seed)
+    return TernaryRun(cfg, device)
+
+
+def run_from_config(cfg: Config, device: str = "cpu") -> TernaryRun:
+    config_mod.validate(cfg)
+    return TernaryRun(cfg, device)
+
+
+def load_run(directory: str | Path, *, device: str = "cpu", epochs: int | None = None) -> TernaryRun:
+    """Restore a run saved with ``save(directory)``; ``epochs`` may extend the total."""
+    state = checkpoint.load(Path(directory) / CHECKPOINT_FILE)
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint in {directory} has version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+    cfg = config_mod.from_dict(Config, state["config"])
+    if epochs is not None:
+        config_mod.set_key(cfg, "epochs", epochs)
+    run = TernaryRun(cfg, device)
+    run.load_state(state)
+    return run
