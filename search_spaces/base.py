@@ -25,3 +25,6 @@ class SearchSpace:
     scheduler: Literal["fifo", "grokking_asha"] = "fifo"
     grace_period: int | None = None  # for grokking_asha: never stop a trial before this epoch
     fixed: dict[str, Any] = field(default_factory=dict)  # overrides applied to every trial
+    # grokking_asha never stops a trial whose epoch row has ``memorised_when[0] >= memorised_when[1]``
+    # (e.g. ("train_acc", 0.99)): it has memorised and may still generalise late.
+    memorised_when: tuple[str, float] | None = None

@@ -1,0 +1,95 @@
+"""The study's Optuna storage: a journal (`optuna.journal`) in the study directory, and its reconciler.
+
+Local paths use Optuna's `JournalFileBackend` (append + fsync under a lock; optuna-dashboard can open it while
+the study runs). Other pyarrow filesystems (object stores have no append) use `ArrowJournalBackend`, which
+rewrites the file atomically on each append; only the driver writes to it.
+
+`repair_torn_tail` drops a half-written last line left by a killed driver (Optuna skips a torn *last* line
+but would fail on it once another line follows). `fail_orphans` ends trials left RUNNING by a driver that
+was killed before Ray Tune recorded them, so no zombie RUNNING trial survives a completed study.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable
+
+import optuna
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from study.layout import StudyLocation
+
+TUNE_ID_ATTR = "tune_trial_id"
+
+
+class ArrowJournalBackend(BaseJournalBackend):
+    """An Optuna journal on any pyarrow filesystem (single writer: the study driver)."""
+
+    def __init__(self, location: StudyLocation, path: str) -> None:
+        self._location, self._path = location, path
+        if not location.exists(path):
+            location.write_atomic(path, b"")
+
+    def _lines(self) -> list[bytes]:
+        return [line for line in self._location.read_bytes(self._path).split(b"\n") if line]
+
+    def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
+        for line in self._lines()[log_number_from:]:
+            yield json.loads(line)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        old = self._location.read_bytes(self._path)
+        new = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
+        self._location.write_atomic(self._path, old + new)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"location": (self._location.results, self._location.name), "path": self._path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._location = StudyLocation.open(*state["location"])
+        self._path = state["path"]
+
+
+def repair_torn_tail(path: str) -> int:
+    """Truncate a local journal to its last complete line; return the number of bytes dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if not data or data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+        return len(data) - keep
+
+
+def open_storage(location: StudyLocation) -> JournalStorage:
+    location.makedirs(location.path)
+    if location.is_local:
+        repair_torn_tail(location.journal_path)
+        return JournalStorage(JournalFileBackend(location.journal_path))
+    return JournalStorage(ArrowJournalBackend(location, location.journal_path))
+
+
+def load_study(location: StudyLocation) -> optuna.Study | None:
+    """The study's Optuna study, or None if the journal holds none yet."""
+    storage = open_storage(location)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if location.name not in names:
+        return None
+    return optuna.load_study(study_name=location.name, storage=storage)
+
+
+def fail_orphans(study: optuna.Study, live_tune_ids: set[str], reason: str) -> list[int]:
+    """Mark FAIL every RUNNING/WAITING trial whose Tune trial is not live; return their numbers."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if trial.user_attrs.get(TUNE_ID_ATTR) in live_tune_ids:
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "orphan_reason", reason)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        failed.append(trial.number)
+    return failed

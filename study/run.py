@@ -1,0 +1,224 @@
+"""``python -m study.run``: run (or resume) a study of many trials on Ray Tune with Optuna sampling.
+
+A study lives in RESULTS/NAME (default results/<space>). If it is interrupted (Ctrl-C, SIGTERM, a killed
+driver, a reboot), the command printed at start-up continues it:  python -m study.run --name NAME --resume.
+
+Exit status: 0 all trials finished; 1 some trials failed after their retries (--resume retries them);
+2 bad arguments; 130 interrupted (the resume command is printed).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_FAILED_TRIALS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_HELP = {
+    "space": "search space name (list them with `python -m search_spaces`); sets the task, the metric and "
+             "the defaults below",
+    "name": "study name: the folder RESULTS/NAME (default: the space name)",
+    "trials": "number of trials to finish (default: the space's)",
+    "epochs": "epochs per trial (default: the space's)",
+    "concurrency": "trials running at once (default 2)",
+    "cpus_per_trial": "CPUs Ray reserves per trial (default 1); each trial uses --threads-per-trial torch threads",
+    "gpus_per_trial": "GPUs per trial; a fraction such as 0.25 packs 4 trials on one card (default 0 = CPU). "
+                      "Ray only counts fractions: make sure the trials fit in the card's memory",
+    "address": "join an existing Ray cluster (e.g. 10.0.0.5:6379 or ray://...) instead of starting a private "
+               "local one; --results must then be storage every node reaches",
+    "results": "results root, a local path or a pyarrow filesystem URI (file:///…, s3://…, gs://…, hdfs://…) "
+               "(default: results)",
+    "seed": "seed of the Optuna sampler and of every trial's run (default 0)",
+    "scheduler": "fifo (run every trial to the end) or grokking_asha (ASHA that never stops a trial before "
+                 "its grace period nor once it has memorised) (default: the space's)",
+    "grace_period": "grokking_asha: no trial is stopped before this epoch (default: the space's)",
+    "checkpoint_every": "epochs between trial checkpoints; the epoch rows reach the Parquet dataset at each "
+                        "checkpoint, and a resumed trial loses at most this many epochs (default 10)",
+    "max_failures": "retries of a trial that crashes (a diverging trial is never retried) (default 2)",
+    "threads_per_trial": "torch threads in each trial (default 1)",
+    "dashboard_port": "port of the local Ray dashboard on 127.0.0.1; a free one is used if taken (default 8265)",
+    "resume": "continue the study RESULTS/NAME: finish the requested trials, continue unfinished ones from "
+              "their last checkpoint, keep the sampler's knowledge",
+    "dry_run": "print the plan (new study, or what a resume would skip, continue, retry or start) and exit",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--space", help=_HELP["space"])
+    add("--name", help=_HELP["name"])
+    add("--trials", type=int, help=_HELP["trials"])
+    add("--epochs", type=int, help=_HELP["epochs"])
+    add("--concurrency", type=int, help=_HELP["concurrency"])
+    add("--cpus-per-trial", type=float, help=_HELP["cpus_per_trial"])
+    add("--gpus-per-trial", type=float, help=_HELP["gpus_per_trial"])
+    add("--address", help=_HELP["address"])
+    add("--results", help=_HELP["results"])
+    add("--seed", type=int, help=_HELP["seed"])
+    add("--scheduler", choices=["fifo", "grokking_asha"], help=_HELP["scheduler"])
+    add("--grace-period", type=int, help=_HELP["grace_period"])
+    add("--checkpoint-every", type=int, help=_HELP["checkpoint_every"])
+    add("--max-failures", type=int, help=_HELP["max_failures"])
+    add("--threads-per-trial", type=int, help=_HELP["threads_per_trial"])
+    add("--dashboard-port", type=int, help=_HELP["dashboard_port"])
+    add("--resume", action="store_true", help=_HELP["resume"])
+    add("--dry-run", action="store_true", help=_HELP["dry_run"])
+    return parser
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    skip = {"resume", "dry_run"}
+    return {k: v for k, v in vars(args).items() if v is not None and k not in skip}
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _new_config(given: dict[str, Any]):
+    import search_spaces
+    from study.config import StudyConfig
+
+    if "space" not in given:
+        raise ValueError("--space is required for a new study (list them with `python -m search_spaces`)")
+    space = search_spaces.get(given["space"])
+    values = {"name": given.get("name", space.name), "trials": space.trials, "epochs": space.epochs,
+              "scheduler": space.scheduler, "grace_period": space.grace_period, "results": "results"}
+    values.update(given)
+    return space, StudyConfig(**values)
+
+
+def _resumed_config(given: dict[str, Any], location):
+    import search_spaces
+    from study.config import StudyConfig, check_same_identity
+    from study.progress import read_study_json
+
+    stored = StudyConfig.from_dict(read_study_json(location)["arguments"])
+    check_same_identity(stored, given)
+    runtime = {k: given[k] for k in ("address", "results", "dashboard_port", "threads_per_trial") if k in given}
+    config = StudyConfig(**{**stored.to_dict(), **runtime, "address": given.get("address")})
+    return search_spaces.get(config.space), config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    given = _given(args)
+    from study.layout import SCHEMA_VERSION, STUDY_JSON, StudyLocation
+
+    try:
+        if args.resume:
+            if "name" not in given:
+                return _fail("--resume needs --name (and --results if the study is not under results/)")
+            location = StudyLocation.open(given.get("results", "results"), given["name"])
+            if not location.exists(location.join(STUDY_JSON)):
+                return _fail(f"nothing to resume: no study at {location.display}")
+            space, config = _resumed_config(given, location)
+        else:
+            space, config = _new_config(given)
+            location = StudyLocation.open(config.results, config.name)
+            if location.exists(location.join(STUDY_JSON)):
+                return _fail(f"study {config.name!r} already exists at {location.display}; continue it with\n"
+                             f"  {config.resume_command()}\nor choose another --name")
+    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
+        return _fail(str(exc))
+
+    if args.dry_run:
+        return _dry_run(space, config, location, args.resume)
+    return _run(space, config, location, args.resume)
+
+
+def _dry_run(space, config, location, resume: bool) -> int:
+    from study import resume as resume_plan
+
+    if resume:
+        for line in resume_plan.plan(location):
+            print(line)
+    else:
+        print(f"New study {config.name!r} at {location.display}: space {space.name} (task {space.task}), "
+              f"{config.trials} trials × {config.epochs} epochs, {config.concurrency} at once, "
+              f"{config.cpus_per_trial} CPU + {config.gpus_per_trial} GPU per trial, scheduler {config.scheduler}, "
+              f"optimising {space.metric} ({space.mode}), seed {config.seed}, checkpoints every "
+              f"{config.checkpoint_every} epochs, on " + (f"the cluster at {config.address}" if config.address
+                                                           else "a private local Ray"))
+    return EXIT_OK
+
+
+def _write_study_json(space, config, location, resume: bool) -> None:
+    from study.config import study_record
+    from study.layout import SCHEMA_VERSION, STUDY_JSON
+
+    path = location.join(STUDY_JSON)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if resume:
+        record = location.read_json(path)
+        record.setdefault("resumed", []).append(now)
+    else:
+        record = study_record(config, task=space.task, metric=space.metric, mode=space.mode,
+                              schema_version=SCHEMA_VERSION)
+    location.write_json(path, record)
+
+
+def _run(space, config, location, resume: bool) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet rows are the record
+    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
+    resume_cmd = config.resume_command()
+    # SIGTERM behaves like Ctrl-C: Tune saves its state and stops the trials
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    from study import cluster
+
+    try:
+        location.makedirs(location.path)
+        _write_study_json(space, config, location, resume)
+        print(f"Study {config.name!r} ({'resumed' if resume else 'new'}): {location.display}")
+        print(f"If it is interrupted, continue it with:\n  {resume_cmd}", flush=True)
+        info = cluster.start(config.address, dashboard_port=config.dashboard_port)
+        print(cluster.dashboard_help(info), flush=True)
+        from study import tune_driver
+
+        if resume and not tune_driver.can_restore(location):
+            resume = False  # killed before Tune wrote its first snapshot: start the trials afresh
+            print("No Ray Tune state stored yet: starting the trials from the beginning.")
+        tuner, _ = tune_driver.build_tuner(space, config, location, resume)
+        outcome = tune_driver.fit(tuner, config.trials)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. Continue the study with:\n  {resume_cmd}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        cluster.stop()
+
+    if outcome.interrupted:
+        print(f"\nStudy interrupted: {outcome.finished} of {outcome.requested} trials finished. "
+              f"Continue it with:\n  {resume_cmd}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    cleaned = tune_driver.finish_study(location, outcome)
+    return _report_end(location, outcome, cleaned, resume_cmd)
+
+
+def _report_end(location, outcome, cleaned, resume_cmd: str) -> int:
+    from collections import Counter
+
+    counts = Counter(outcome.statuses.values())
+    print(f"\nStudy {location.name!r} done: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    if cleaned["optuna_failed"] or cleaned["partitions_removed"]:
+        print(f"  cleaned up after an earlier killed driver: Optuna trials {cleaned['optuna_failed']} marked "
+              f"FAIL, rows of unrecorded trials {cleaned['partitions_removed']} removed")
+    print(f"Results: {location.display}")
+    print(f"  progress and best trial:  python -m study.status {location.display}")
+    print(f"  report (HTML, figures):   python -m analysis.report {location.display}")
+    print(f"  Optuna dashboard:         optuna-dashboard {location.journal_path}")
+    if counts.get("ERROR"):
+        print(f"{counts['ERROR']} trial(s) failed after their retries; retry them with:\n  {resume_cmd}",
+              file=sys.stderr)
+        return EXIT_FAILED_TRIALS
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

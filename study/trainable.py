@@ -1,0 +1,126 @@
+"""The one adapter between Ray Tune and a task's `Run` (the only place a trial touches Tune).
+
+Per epoch: train, buffer the row, ``tune.report`` it. Every ``checkpoint_every`` epochs and at the end:
+write the buffered rows as one atomic part file, *then* save the run and register it as a Tune checkpoint.
+On start from a checkpoint at epoch k (or from scratch, k = 0) it first deletes its own part files that start
+at or after k: they were written after the last registered checkpoint and are re-produced identically.
+
+If the driver is SIGKILLed between the part write and the checkpoint registration, the part exists but the
+checkpoint does not; the restored trial starts from the previous checkpoint and deletes that part first, so no
+(trial, epoch) is ever duplicated. A diverging run (`DivergedError`) ends the trial with ``diverged = 1`` and its
+reason; it is not retried.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from study import recorder
+from study.layout import StudyLocation
+
+RUN_SUBDIR = "run"
+STATE_FILE = "trial_state.json"
+DONE_KEY = "trial_complete"      # 1 on the last report of a trial that ran all its epochs (or diverged)
+DIVERGED_KEY = "diverged"
+PROGRESS_KEY = "epochs_done"     # the scheduler's time attribute
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Study-wide settings every trial needs (picklable; handed over with ``tune.with_parameters``)."""
+    study: str
+    results: str
+    task: str
+    epochs: int
+    seed: int
+    device: str
+    checkpoint_every: int
+    threads: int
+    metric: str
+    mode: str
+    fixed: dict[str, Any]
+
+
+def _scalar_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """What goes to Tune: numbers and booleans only (strings stay in the Parquet row)."""
+    return {k: (float(v) if isinstance(v, bool) else v) for k, v in row.items()
+            if isinstance(v, (int, float, bool)) and not isinstance(v, str)}
+
+
+def _worst(mode: str) -> float:
+    return -math.inf if mode == "max" else math.inf
+
+
+def _next_attempt(location: StudyLocation, trial_id: str) -> int:
+    """0 on a trial's first start, +1 per later start (restart after failure or resume)."""
+    directory = location.join("attempts", f"trial_id={trial_id}")
+    attempt = len(location.list_files(directory))
+    location.write_atomic(f"{directory}/{attempt}", b"")
+    return attempt
+
+
+def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
+    import torch
+
+    from tvae import tasks
+
+    torch.set_num_threads(settings.threads)
+    trial_id = tune.get_context().get_trial_id()
+    location = StudyLocation.open(settings.results, settings.study)
+    overrides = {**settings.fixed, **config["overrides"]}
+    attempt = _next_attempt(location, trial_id)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            run = tasks.load_run(settings.task, Path(directory) / RUN_SUBDIR, device=settings.device)
+    else:
+        run = tasks.make_run(settings.task, overrides, epochs=settings.epochs, seed=settings.seed,
+                             device=settings.device)
+    recorder.truncate_parts(location, trial_id, from_epoch=run.epoch)
+
+    buffer: list[dict[str, Any]] = []
+    while run.epoch < run.epochs:
+        try:
+            row = run.train_epoch()
+        except tasks.DivergedError as exc:
+            recorder.write_part(location, trial_id, buffer)
+            tune.report({DIVERGED_KEY: 1, DONE_KEY: 1, PROGRESS_KEY: run.epoch,
+                         "divergence_reason": str(exc), settings.metric: _worst(settings.mode)})
+            return
+        row = {"study": settings.study, "trial_id": trial_id, "attempt": attempt, **row,
+               "wall_time": time.time()}
+        buffer.append(row)
+        done = run.epoch >= run.epochs
+        metrics = {**_scalar_metrics(row), PROGRESS_KEY: run.epoch, DIVERGED_KEY: 0, DONE_KEY: int(done)}
+        if settings.metric not in metrics:
+            raise KeyError(f"task {settings.task!r} reported no {settings.metric!r} in its epoch row; "
+                           f"it has: {', '.join(sorted(row))}")
+        if done or run.epoch % settings.checkpoint_every == 0:
+            recorder.write_part(location, trial_id, buffer)   # rows first ...
+            buffer = []
+            with tempfile.TemporaryDirectory(prefix="tvae-ckpt-") as tmp:
+                run.save(Path(tmp) / RUN_SUBDIR)
+                (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": run.epoch, "attempt": attempt}))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))  # ... then checkpoint
+        else:
+            tune.report(metrics)
+
+
+def resources(cpus: float, gpus: float) -> dict[str, float]:
+    return {"cpu": cpus, "gpu": gpus} if gpus > 0 else {"cpu": cpus}
+
+
+def make_trainable(settings: TrialSettings, cpus: float, gpus: float):
+    """The Tune trainable: `train_trial` with the settings bound and the per-trial resources attached."""
+    bound = tune.with_parameters(train_trial, settings=settings)
+    return tune.with_resources(bound, resources(cpus, gpus))
+
+
