@@ -1,0 +1,72 @@
+"""Benchmark: scan + every detector over a generated dataset (default 2,000 trials × 500 epochs = 1,000,000
+epoch rows with train/held-out acc and loss pairs and a train-only coverage), written as a study-style Parquet
+dataset. Prints a table and one JSON line. Not a test: timings on a shared machine are noisy (median of runs).
+
+    python -m analysis.bench [--trials 2000] [--epochs 500] [--repeats 3] [--threads N] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="POLARS_MAX_THREADS for this run (default: polars' choice)")
+    ap.add_argument("--keep", type=Path, help="write the dataset here and keep it (default: a temp dir)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        os.environ["POLARS_MAX_THREADS"] = str(args.threads)
+    import polars as pl
+
+    from analysis import detect, scan
+    from analysis.synthetic import KINDS, dataset, write_study
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="analysis-bench-"))
+    try:
+        kinds = [KINDS[i % len(KINDS)] for i in range(args.trials)]
+        t0 = time.perf_counter()
+        write_study(dataset(kinds, epochs=args.epochs, seed=0, study="bench"), root)
+        write_s = time.perf_counter() - t0
+        timings = {"scan_s": [], "grokking_s": [], "events_s": [], "total_s": []}
+        rows = n_events = 0
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            lf = scan(root)
+            t1 = time.perf_counter()
+            table = pl.concat([detect.grokking(lf, p) for p in ("acc", "loss")]).collect()
+            t2 = time.perf_counter()
+            ev = detect.events(lf).collect()
+            t3 = time.perf_counter()
+            rows = lf.select(pl.len()).collect().item()
+            n_events = ev.height
+            for k, v in (("scan_s", t1 - t0), ("grokking_s", t2 - t1), ("events_s", t3 - t2),
+                         ("total_s", t3 - t0)):
+                timings[k].append(v)
+        med = {k: round(statistics.median(v), 3) for k, v in timings.items()}
+        classes = dict(table.group_by("class").len().iter_rows())
+        result = {"bench": "analysis", "trials": args.trials, "epochs": args.epochs, "rows": rows,
+                  "events": n_events, "classes": classes, "repeats": args.repeats, "write_s": round(write_s, 2),
+                  "threads": pl.thread_pool_size(), **med, "runs_total_s": [round(v, 3) for v in timings["total_s"]]}
+        print(f"{'step':<12}{'median s':>10}")
+        for k in ("scan_s", "grokking_s", "events_s", "total_s"):
+            print(f"{k:<12}{med[k]:>10.3f}")
+        print(json.dumps(result))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,524 @@
+"""Detectors over epoch rows, for all trials at once (polars window expressions; no Python loop over trials).
+
+  plateaus(lf, metric, **PlateauRule)        → event rows (event = "plateau")
+  transitions(lf, metric, **TransitionRule)  → event rows (event = "transition"; rule level_shift,
+                                               plateau_jump or slope_change)
+  grokking(lf, pair="acc", **GrokkingRule)   → one row per trial: class, t_mem, t_gen, delay, ungrokked, …
+  grokking_events(table, pair)               → event rows from a grokking table (memorized, generalized,
+                                               class, ungrokked)
+  events(lf, …)                              → all of the above as one frame of event rows
+
+Every function takes and returns a `pl.LazyFrame`; nothing is collected. Event rows have the columns of
+`EVENT_SCHEMA`. Parameters and their defaults are documented in `analysis.rules`.
+
+CLI: python -m analysis.detect PATH [PATH …] [--pair NAME] [--json] [--window N] [--hold K] …
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any, Mapping, Sequence
+
+import polars as pl
+
+from analysis import metrics as M
+from analysis.rules import DETECTOR_VERSION, GrokkingRule, PlateauRule, TransitionRule
+
+KEYS = ["study", "trial_id"]
+G = "_g"  # integer trial id added by _frame
+
+EVENT_SCHEMA: dict[str, pl.DataType] = {
+    "study": pl.String, "trial_id": pl.String, "event": pl.String, "metric": pl.String,
+    "epoch": pl.Int64, "epoch_end": pl.Int64, "magnitude": pl.Float64, "rule": pl.String,
+    "params": pl.String, "detector_version": pl.String,
+}
+
+CLASSES = ("comprehension", "grokking", "memorization", "confusion", "no_heldout")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shared pieces
+
+def _rule(cls, given, params: Mapping[str, Any]):
+    if given is not None and params:
+        raise ValueError(f"pass either a {cls.__name__} or keyword parameters, not both")
+    if isinstance(given, cls):
+        return given
+    if given is not None:
+        return cls.from_dict(given)
+    return cls.from_dict(params)
+
+
+def _require(lf: pl.LazyFrame, columns: Sequence[str]) -> dict[str, pl.DataType]:
+    schema = dict(lf.collect_schema())
+    missing = [c for c in columns if c not in schema]
+    if missing:
+        numeric = [c for c, t in schema.items() if M.is_numeric_metric(c, t)]
+        raise ValueError(f"column(s) {', '.join(missing)} not in the data; numeric metric columns: "
+                         f"{', '.join(numeric) or 'none'}")
+    return schema
+
+
+def _frame(lf: pl.LazyFrame, columns: Sequence[str]) -> pl.LazyFrame:
+    """Keys, epoch and the metrics as Float64 (NaN → null), sorted, one row per (study, trial_id, epoch) (of
+    duplicates, the row of the highest `attempt` is kept), plus the trial bookkeeping the window helpers use:
+    `_g` (integer trial id), `_row` (global row), `_i` (row within the trial), `_n` (rows of the trial)."""
+    schema = _require(lf, [*KEYS, "epoch", *columns])
+    order = [*KEYS, "epoch"]
+    descending = [False, False, False]
+    if "attempt" in schema:
+        order.append("attempt")
+        descending.append(True)
+    same = pl.lit(True)
+    for key in (*KEYS, "epoch"):
+        same = same & (pl.col(key) == pl.col(key).shift(1))
+    row = pl.col("_row")
+    first_row = pl.when((pl.col(G) != pl.col(G).shift(1)).fill_null(True)).then(row).otherwise(None)
+    return (lf.select(*order, *[pl.col(c).cast(pl.Float64).fill_nan(None) for c in columns if c not in order])
+              .sort(order, descending=descending)
+              .filter(~same.fill_null(False))
+              .with_columns(pl.struct(KEYS).rle_id().alias(G), pl.int_range(pl.len()).alias("_row"))
+              .with_columns((row - first_row.forward_fill()).alias("_i"),
+                            pl.len().over(G).alias("_n")))
+
+
+# Window helpers. The frame is sorted by trial, so a rolling window or shift over the whole column is exact for
+# every row whose window lies inside its trial; the others are masked to null. This is an order of magnitude
+# faster than `.over(trial)` per expression and gives the same values.
+_I, _N = pl.col("_i"), pl.col("_n")
+
+
+def _back(e: pl.Expr, k: int) -> pl.Expr:
+    """e at k rows earlier in the same trial."""
+    return pl.when(_I >= k).then(e.shift(k))
+
+
+def _ahead(e: pl.Expr, k: int) -> pl.Expr:
+    """e at k rows later in the same trial."""
+    return pl.when(_I + k < _N).then(e.shift(-k))
+
+
+def _rmean(e: pl.Expr, w: int) -> pl.Expr:
+    """Mean of the w rows ending here (all in this trial)."""
+    return pl.when(_I >= w - 1).then(e.rolling_mean(w))
+
+
+def _diff(e: pl.Expr) -> pl.Expr:
+    return pl.when(_I >= 1).then(e.diff())
+
+
+def _noise(m: pl.Expr) -> pl.Expr:
+    """Per-trial noise σ: median |first difference| / 0.6745 / √2 (robust to steps)."""
+    return (_diff(m).abs().median() / (0.6745 * math.sqrt(2))).fill_null(0.0).over(G)
+
+
+def _local_noise(m: pl.Expr, span: int) -> pl.Expr:
+    """Noise σ near each epoch: the larger of the trial's σ and the one from the mean |first difference| over
+    the `span` rows centred here (E|Δ| = 2σ/√π for Gaussian noise), so a noisy stretch of an otherwise clean
+    curve is not mistaken for a change. Near a trial's ends only the trial's σ is used."""
+    local = _ahead(_rmean(_diff(m).abs(), span), span // 2) * (math.sqrt(math.pi) / 2)
+    return pl.max_horizontal(local, _noise(m))
+
+
+def _range(m: pl.Expr) -> pl.Expr:
+    """Per-trial robust range R: 98th − 2nd percentile."""
+    return (m.quantile(0.98) - m.quantile(0.02)).fill_null(0.0).over(G)
+
+
+def _flat(m: pl.Expr, rule: PlateauRule, sigma: pl.Expr, rng: pl.Expr) -> pl.Expr:
+    half = rule.window // 2
+    second = _rmean(m, half)
+    first = _back(second, half)
+    tol = pl.max_horizontal(pl.lit(rule.atol), rule.rtol * rng) + rule.z * sigma * 2.0 / math.sqrt(rule.window)
+    return ((second - first).abs() <= tol).fill_null(False)
+
+
+def _event_rows(lf: pl.LazyFrame, *, event: pl.Expr | str, metric: str, rule: pl.Expr | str,
+                params: str) -> pl.LazyFrame:
+    lit = lambda v: pl.lit(v) if isinstance(v, str) else v  # noqa: E731
+    return lf.select(
+        pl.col("study"), pl.col("trial_id"), lit(event).alias("event"), pl.lit(metric).alias("metric"),
+        pl.col("epoch").cast(pl.Int64), pl.col("epoch_end").cast(pl.Int64),
+        pl.col("magnitude").cast(pl.Float64), lit(rule).alias("rule"), pl.lit(params).alias("params"),
+        pl.lit(DETECTOR_VERSION).alias("detector_version"),
+    )
+
+
+def empty_events() -> pl.LazyFrame:
+    return pl.LazyFrame(schema=EVENT_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plateaus
+
+def _col(name: str, metric: str) -> str:
+    return f"_{name}:{metric}"
+
+
+def _plateau_stages(metric: str, r: PlateauRule) -> list[list[pl.Expr]]:
+    """Columns `plateaus` needs, in dependency order (each list can be one `with_columns`)."""
+    m, c = pl.col(metric), (lambda n: _col(n, metric))  # noqa: E731
+    return [
+        [_local_noise(m, 2 * r.window).alias(c("psigma")), _range(m).alias(c("range"))],
+        [_flat(m, r, pl.col(c("psigma")), pl.col(c("range"))).alias(c("flat")),
+         _back(pl.col("epoch"), r.window - 1).alias(f"_start{r.window}")],
+        [((pl.col(c("flat")) != pl.col(c("flat")).shift(1)) | (_I == 0)).fill_null(True).cum_sum()
+         .alias(c("seg"))],
+    ]
+
+
+def _plateau_rows(marked: pl.LazyFrame, metric: str, r: PlateauRule) -> pl.LazyFrame:
+    m, c = pl.col(metric), (lambda n: _col(n, metric))  # noqa: E731
+    runs = (marked.filter(c("flat"))
+            .group_by(c("seg"))
+            .agg(pl.col(G).first(), *[pl.col(k).first() for k in KEYS],
+                 pl.col(f"_start{r.window}").first().alias("epoch"),
+                 pl.col("epoch").last().alias("epoch_end"), m.sum().alias("_sum"), m.count().alias("_count"))
+            .sort([G, "epoch"]))
+    # runs whose windows overlap (a brief break in flatness) are one plateau
+    merged = (runs.with_columns(
+                  (pl.col("epoch") > pl.col("epoch_end").cum_max().shift(1) + 1).fill_null(True)
+                  .cum_sum().over(G).alias("_plateau"))
+              .group_by([G, "_plateau"])
+              .agg(*[pl.col(k).first() for k in KEYS], pl.col("epoch").min(), pl.col("epoch_end").max(),
+                   (pl.col("_sum").sum() / pl.col("_count").sum()).alias("magnitude")))
+    segments = merged.filter(pl.col("epoch_end") - pl.col("epoch") + 1 >= r.min_span)
+    return _event_rows(segments, event="plateau", metric=metric, rule="plateau.half_window_means",
+                       params=r.to_json(metric=metric))
+
+
+def plateaus(lf: pl.LazyFrame, metric: str, *, rule: PlateauRule | Mapping | None = None,
+             **params: Any) -> pl.LazyFrame:
+    """Plateaus of `metric` in every trial: event rows with epoch..epoch_end and magnitude = mean level."""
+    r = _rule(PlateauRule, rule, params)
+    marked = _frame(lf, [metric])
+    for stage in _plateau_stages(metric, r):
+        marked = marked.with_columns(stage)
+    return _plateau_rows(marked, metric, r).sort([*KEYS, "epoch"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# transitions
+
+def _transition_stages(metric: str, r: TransitionRule, p: PlateauRule) -> list[list[pl.Expr]]:
+    w = r.window
+    m, x = pl.col(metric), pl.col("epoch").cast(pl.Float64)
+    c = lambda n: _col(n, metric)  # noqa: E731
+    sigma, rng, length = pl.col(c("tsigma")), pl.col(c("range")), pl.col("_len")
+    span = 2 * w + 1
+
+    def slope_ending_here(y: pl.Expr) -> pl.Expr:
+        mx, my = _rmean(x, w), _rmean(y, w)
+        return (_rmean(x * y, w) - mx * my) / (_rmean(x * x, w) - mx * mx)
+
+    level_thr = pl.max_horizontal(pl.lit(r.atol), r.rtol * rng, r.z * sigma * math.sqrt(2.0 / w))
+    slope_thr = pl.max_horizontal(r.slope_rtol * rng, r.z * sigma * math.sqrt(24.0 / w ** 3) * length)
+    a_level, a_slope = pl.col(c("dlevel")).abs(), pl.col(c("dslope")).abs() * length
+    level = pl.col(c("level"))
+    return [
+        [_local_noise(m, 4 * w).alias(c("tsigma")), _range(m).alias(c("range")),
+         (pl.col("epoch").max() - pl.col("epoch").min() + 1).over(G).cast(pl.Float64).alias("_len")],
+        [(_ahead(_rmean(m, w), w - 1) - _back(_rmean(m, w), 1)).alias(c("dlevel")),
+         (_ahead(slope_ending_here(m), w - 1) - _back(slope_ending_here(m), 1)).alias(c("dslope")),
+         pl.when(_flat(m, p, sigma, rng)).then(pl.col("_row")).otherwise(None).forward_fill()
+         .alias(c("last_flat"))],
+        # a plateau window of this trial ended within the `window` rows before t
+        [(_back(pl.col(c("last_flat")), 1) >= pl.max_horizontal(pl.col("_row") - w, pl.col("_row") - _I))
+         .fill_null(False).alias(c("after_plateau")),
+         # values are null within `window` rows of a trial's ends, so a centred span of ±window rows never
+         # compares with a value of another trial
+         ((a_level >= level_thr) & (a_level > 0)
+          & (a_level == a_level.rolling_max(span, center=True, min_samples=1))).fill_null(False)
+         .alias(c("level"))],
+        [((a_slope >= slope_thr) & (a_slope > 0)
+          & (a_slope == a_slope.rolling_max(span, center=True, min_samples=1))
+          & ~level.rolling_max(span, center=True, min_samples=1).fill_null(False))
+         .fill_null(False).alias(c("slope"))],
+    ]
+
+
+def _transition_rows(marked: pl.LazyFrame, metric: str, r: TransitionRule, p: PlateauRule) -> pl.LazyFrame:
+    c = lambda n: pl.col(_col(n, metric))  # noqa: E731
+    level = c("level")
+    rows = (marked.filter(level | c("slope"))
+            .with_columns(
+                pl.when(level).then(c("dlevel")).otherwise(c("dslope")).alias("magnitude"),
+                pl.when(level & c("after_plateau")).then(pl.lit("transition.plateau_jump"))
+                .when(level).then(pl.lit("transition.level_shift"))
+                .otherwise(pl.lit("transition.slope_change")).alias("_rule"),
+                pl.col("epoch").alias("epoch_end"),
+                level.alias("_is_level"))
+            # ties of a flat-topped peak: keep the first candidate of each kind within ±window epochs
+            .filter(((pl.col("epoch") - pl.col("epoch").shift(1).over([G, "_is_level"])) > r.window)
+                    .fill_null(True)))
+    return _event_rows(rows, event="transition", metric=metric, rule=pl.col("_rule"),
+                       params=r.to_json(metric=metric, plateau=json.loads(p.to_json())))
+
+
+def _default_flat_rule(r: TransitionRule) -> PlateauRule:
+    return PlateauRule(window=r.window, min_span=r.window)
+
+
+def transitions(lf: pl.LazyFrame, metric: str, *, rule: TransitionRule | Mapping | None = None,
+                plateau: PlateauRule | Mapping | None = None, **params: Any) -> pl.LazyFrame:
+    """Abrupt changes of level or slope of `metric` in every trial (event rows, rule level_shift,
+    plateau_jump or slope_change; magnitude = signed level or slope change). `plateau` is the flatness rule
+    that tells a plateau_jump (default: PlateauRule with the transition window)."""
+    r = _rule(TransitionRule, rule, params)
+    p = _rule(PlateauRule, plateau, {}) if plateau is not None else _default_flat_rule(r)
+    marked = _frame(lf, [metric])
+    for stage in _transition_stages(metric, r, p):
+        marked = marked.with_columns(stage)
+    return _transition_rows(marked, metric, r, p).sort([*KEYS, "epoch"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# grokking
+
+def resolve_grokking_rule(pair: str, rule: GrokkingRule,
+                          directions: Mapping[str, str] | None = None) -> tuple[str, GrokkingRule]:
+    """The pair's direction and a rule whose thresholds are all filled in (table defaults for None)."""
+    column = M.TRAIN + pair
+    spec = M.spec_for(column, directions)
+    if spec is None:
+        raise ValueError(f"no known direction for metric {pair!r}; pass directions={{{pair!r}: 'max' or 'min'}}"
+                         f" and the thresholds")
+    filled = {
+        "train_threshold": rule.train_threshold if rule.train_threshold is not None else spec.train_threshold,
+        "heldout_threshold": rule.heldout_threshold if rule.heldout_threshold is not None else spec.heldout_threshold,
+        "ungrok_threshold": rule.ungrok_threshold if rule.ungrok_threshold is not None else spec.ungrok_threshold,
+    }
+    missing = [k for k, v in filled.items() if v is None]
+    if missing:
+        raise ValueError(f"metric {pair!r} has no default for {', '.join(missing)}; pass them explicitly")
+    return spec.direction, GrokkingRule(**{**rule.__dict__, **filled})
+
+
+def grokking(lf: pl.LazyFrame, pair: str = "acc", *, rule: GrokkingRule | Mapping | None = None,
+             directions: Mapping[str, str] | None = None, **params: Any) -> pl.LazyFrame:
+    """One row per trial for the pair `train_<pair>`/`heldout_<pair>`: study, trial_id, pair, class, t_mem,
+    t_gen, delay, ungrokked, t_ungrok, n_epochs, last_epoch, train_final, heldout_final, heldout_best,
+    heldout_at_mem, train_at_mem, heldout_at_gen, rule, params."""
+    tr, ho = M.TRAIN + pair, M.HELDOUT + pair
+    schema = dict(lf.collect_schema())
+    if tr not in schema or ho not in schema:
+        raise ValueError(f"pair {pair!r} needs columns {tr} and {ho}; pairs in the data: "
+                         f"{', '.join(M.pairs(schema)) or 'none'}")
+    direction, r = resolve_grokking_rule(pair, _rule(GrokkingRule, rule, params), directions)
+    up = direction == "max"
+
+    def at_least(col: str, thr: float) -> pl.Expr:
+        return (pl.col(col) >= thr) if up else (pl.col(col) <= thr)
+
+    def held(ok: pl.Expr, k: int) -> pl.Expr:
+        return (_ahead(ok.fill_null(False).cast(pl.Int32).rolling_sum(k), k - 1) == k).fill_null(False)
+
+    lost = (pl.col(ho) < r.ungrok_threshold) if up else (pl.col(ho) > r.ungrok_threshold)
+    epoch = pl.col("epoch")
+    t_gen = epoch.filter("_gen").first()
+    best = pl.col(ho).max() if up else pl.col(ho).min()
+    table = (_frame(lf, [tr, ho])
+             .with_columns(held(at_least(tr, r.train_threshold), r.hold).alias("_mem"),
+                           held(at_least(ho, r.heldout_threshold), r.hold).alias("_gen"),
+                           held(lost, r.ungrok_hold).alias("_lost"))
+             .group_by(G)
+             .agg(*[pl.col(k).first() for k in KEYS],
+                  epoch.filter("_mem").first().alias("t_mem"),
+                  t_gen.alias("t_gen"),
+                  epoch.filter(pl.col("_lost") & (epoch > t_gen)).first().alias("t_ungrok"),
+                  pl.len().alias("n_epochs"), epoch.max().alias("last_epoch"),
+                  pl.col(tr).drop_nulls().last().alias("train_final"),
+                  pl.col(ho).drop_nulls().last().alias("heldout_final"),
+                  best.alias("heldout_best"),
+                  pl.col(tr).filter("_mem").first().alias("train_at_mem"),
+                  pl.col(ho).filter("_mem").first().alias("heldout_at_mem"),
+                  pl.col(ho).filter("_gen").first().alias("heldout_at_gen"),
+                  pl.col(ho).is_not_null().any().alias("_has_heldout")))
+    delay = pl.col("t_gen") - pl.col("t_mem")
+    needed = pl.max_horizontal(pl.lit(r.min_delay, pl.Float64), r.delay_ratio * pl.col("t_mem").cast(pl.Float64))
+    cls = (pl.when(~pl.col("_has_heldout")).then(pl.lit("no_heldout"))
+           .when(pl.col("t_mem").is_null()).then(pl.lit("confusion"))
+           .when(pl.col("t_gen").is_null()).then(pl.lit("memorization"))
+           .when(delay.cast(pl.Float64) >= needed).then(pl.lit("grokking"))
+           .otherwise(pl.lit("comprehension")))
+    params_json = r.to_json(pair=pair, direction=direction)
+    return (table.with_columns(pl.lit(pair).alias("pair"), cls.alias("class"), delay.alias("delay"),
+                               pl.col("t_ungrok").is_not_null().alias("ungrokked"))
+            .with_columns(pl.concat_str(pl.lit("class."), pl.col("class")).alias("rule"),
+                          pl.lit(params_json).alias("params"))
+            .select(*KEYS, "pair", "class", "t_mem", "t_gen", "delay", "ungrokked", "t_ungrok", "n_epochs",
+                    "last_epoch", "train_final", "heldout_final", "heldout_best", "train_at_mem",
+                    "heldout_at_mem", "heldout_at_gen", "rule", "params")
+            .sort(KEYS))
+
+
+def grokking_events(table: pl.LazyFrame) -> pl.LazyFrame:
+    """Event rows from a `grokking(...)` table: memorized (t_mem), generalized (t_gen), class (at t_gen,
+    else t_mem, else the last epoch; magnitude = delay) and ungrokked (t_ungrok)."""
+    metric = pl.concat_str(pl.lit(M.TRAIN), pl.col("pair"), pl.lit("/" + M.HELDOUT), pl.col("pair"))
+    parts = []
+    specs = [
+        ("memorized", "t_mem", "t_mem", "train_at_mem", "grokking.first_held_train"),
+        ("generalized", "t_gen", "t_gen", "heldout_at_gen", "grokking.first_held_heldout"),
+        ("ungrokked", "t_ungrok", "last_epoch", "heldout_final", "grokking.ungrok_held"),
+    ]
+    for event, start, end, mag, rule in specs:
+        parts.append(table.filter(pl.col(start).is_not_null()).select(
+            *KEYS, pl.lit(event).alias("event"), metric.alias("metric"), pl.col(start).alias("epoch"),
+            pl.col(end).alias("epoch_end"), pl.col(mag).alias("magnitude"), pl.lit(rule).alias("rule"),
+            "params"))
+    parts.append(table.select(
+        *KEYS, pl.lit("class").alias("event"), metric.alias("metric"),
+        pl.coalesce("t_gen", "t_mem", "last_epoch").alias("epoch"), pl.col("last_epoch").alias("epoch_end"),
+        pl.col("delay").alias("magnitude"), "rule", "params"))
+    typed = [p.select(*[pl.col(c).cast(t) for c, t in EVENT_SCHEMA.items() if c != "detector_version"])
+             for p in parts]
+    return pl.concat(typed).with_columns(pl.lit(DETECTOR_VERSION).alias("detector_version"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# everything
+
+def events(lf: pl.LazyFrame, *, metrics: Sequence[str] | None = None, pairs: Sequence[str] | None = None,
+           plateau: PlateauRule | Mapping | None = None, transition: TransitionRule | Mapping | None = None,
+           grokking_rule: GrokkingRule | Mapping | None = None,
+           directions: Mapping[str, str] | None = None) -> pl.LazyFrame:
+    """All event rows: plateaus and transitions of `metrics` (default: every column with a known direction,
+    `analysis.metrics.metric_columns`) and the grokking events of `pairs` (default: every pair present)."""
+    schema = dict(lf.collect_schema())
+    metrics = list(metrics) if metrics is not None else M.metric_columns(schema, directions)
+    pairs = list(pairs) if pairs is not None else M.pairs(schema)
+    _require(lf, metrics)
+    p = _rule(PlateauRule, plateau, {})
+    t = _rule(TransitionRule, transition, {})
+    g = _rule(GrokkingRule, grokking_rule, {})
+    flat = PlateauRule(**{**p.__dict__, "window": t.window, "min_span": t.window})
+    parts = [empty_events()]
+    if metrics:
+        # one sorted frame with every metric's window columns; each detector's rows are drawn from it
+        marked = _frame(lf, metrics)
+        for depth in range(4):
+            exprs = [e for metric in metrics
+                     for e in (_plateau_stages(metric, p) + [[]])[depth]
+                     + _transition_stages(metric, t, flat)[depth]]
+            marked = marked.with_columns(_unique_by_name(exprs))
+        for metric in metrics:
+            parts.append(_plateau_rows(marked, metric, p))
+            parts.append(_transition_rows(marked, metric, t, flat))
+    for pair in pairs:
+        parts.append(grokking_events(grokking(lf, pair, rule=g, directions=directions)))
+    return pl.concat(parts).sort([*KEYS, "epoch", "event", "metric"])
+
+
+def _unique_by_name(exprs: Sequence[pl.Expr]) -> list[pl.Expr]:
+    seen, out = set(), []
+    for e in exprs:
+        name = e.meta.output_name()
+        if name not in seen:
+            seen.add(name)
+            out.append(e)
+    return out
+
+
+def auto_window(lf: pl.LazyFrame, *, fraction: float = 0.05, minimum: int = 5, maximum: int = 200) -> int:
+    """A window of `fraction` of the median trial length, clamped to [minimum, maximum]. This collects a
+    one-number aggregate, so CLIs use it; library callers who need to stay lazy pass a window."""
+    n = lf.group_by(KEYS).agg(pl.len().alias("n")).select(pl.col("n").median()).collect().item()
+    return int(min(maximum, max(minimum, round((n or 0) * fraction))))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m analysis.detect",
+        description="Classify every trial (comprehension, grokking, memorization, confusion) for a "
+                    "train_<m>/heldout_<m> pair and list plateaus, transitions and grokking events.")
+    ap.add_argument("paths", nargs="+", metavar="PATH",
+                    help="study directory, Parquet file, directory of Parquet files or glob")
+    ap.add_argument("--pair", action="append", help="metric pair m (train_m/heldout_m); repeatable; "
+                    "default: every pair in the data")
+    ap.add_argument("--metric", action="append", help="metric for plateaus/transitions; repeatable; default: "
+                    "every column with a known direction")
+    ap.add_argument("--json", action="store_true", help="one JSON object per line (trials, then events)")
+    ap.add_argument("--no-events", action="store_true", help="print only the per-trial classification")
+    ap.add_argument("--window", type=int, help="plateau/transition window in epochs (default: 5%% of the "
+                    "median trial length, at least 5)")
+    ap.add_argument("--hold", type=int, default=GrokkingRule.hold, help="epochs a threshold must hold")
+    ap.add_argument("--min-delay", type=int, default=GrokkingRule.min_delay)
+    ap.add_argument("--delay-ratio", type=float, default=GrokkingRule.delay_ratio)
+    ap.add_argument("--train-threshold", type=float)
+    ap.add_argument("--heldout-threshold", type=float)
+    ap.add_argument("--ungrok-threshold", type=float)
+    ap.add_argument("--direction", action="append", default=[], metavar="METRIC=max|min",
+                    help="override a metric's direction; repeatable")
+    return ap
+
+
+def _parse_directions(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or value not in ("max", "min"):
+            raise ValueError(f"--direction {item!r}: expected METRIC=max or METRIC=min")
+        out[name] = value
+    return out
+
+
+def _jsonable(row: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from analysis.scan import ScanError, scan
+
+    args = _parser().parse_args(argv)
+    try:
+        directions = _parse_directions(args.direction)
+        lf = scan(args.paths)
+        schema = dict(lf.collect_schema())
+        pairs = args.pair if args.pair else M.pairs(schema)
+        window = args.window if args.window else auto_window(lf)
+        grule = GrokkingRule(train_threshold=args.train_threshold, heldout_threshold=args.heldout_threshold,
+                             ungrok_threshold=args.ungrok_threshold, hold=args.hold, ungrok_hold=args.hold,
+                             min_delay=args.min_delay, delay_ratio=args.delay_ratio)
+        tables = [grokking(lf, pair, rule=grule, directions=directions) for pair in pairs]
+        table = pl.concat(tables).collect() if tables else None
+        ev = None
+        if not args.no_events:
+            ev = events(lf, metrics=args.metric, pairs=pairs, directions=directions,
+                        plateau=PlateauRule(window=window, min_span=max(window, round(1.5 * window))),
+                        transition=TransitionRule(window=window), grokking_rule=grule).collect()
+    except (ScanError, ValueError, pl.exceptions.PolarsError, OSError) as exc:
+        print(f"analysis.detect: error: {exc}", file=sys.stderr)
+        return 2
+    out = sys.stdout
+    if args.json:
+        if table is not None:
+            for row in table.drop("params").iter_rows(named=True):
+                out.write(json.dumps(_jsonable({"record": "trial", **row})) + "\n")
+        if ev is not None:
+            for row in ev.iter_rows(named=True):
+                row["params"] = json.loads(row["params"])
+                out.write(json.dumps(_jsonable({"record": "event", **row})) + "\n")
+        return 0
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60,
+                   tbl_hide_dataframe_shape=True):
+        if table is None:
+            out.write("no train_<m>/heldout_<m> pair in the data: no grokking classification\n")
+        else:
+            out.write("trials\n")
+            out.write(str(table.select("study", "trial_id", "pair", "class", "t_mem", "t_gen", "delay",
+                                       "ungrokked", "n_epochs", "heldout_final")) + "\n")
+        if ev is not None:
+            out.write(f"\nevents ({ev.height}; window {window} epochs)\n")
+            out.write(str(ev.select("study", "trial_id", "event", "metric", "epoch", "epoch_end", "magnitude",
+                                    "rule")) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
