@@ -46,6 +46,14 @@ class StudySearch(OptunaSearch):
             ot_trial.set_user_attr(TUNE_ID_ATTR, trial_id)
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # After a driver is killed between two experiment snapshots, Tune may re-run the last epochs of a trial
+        # that Optuna already saw finish; its intermediate values are then already final: skip them.
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if trial_id in self._completed_trials or ot_trial is None:
