@@ -163,7 +163,7 @@ def test_search_space_samples_valid_overrides():
         seen_decays.add(config.optim.weight_decay)
         assert 0.3 <= config.data.train_fraction <= 0.9
     assert 0.0 in seen_decays and max(seen_decays) >= 1.0
-    row = SPACE and make_run(SPACE.task, {**SMALL, **overrides}, epochs=1).train_epoch()
+    row = make_run(SPACE.task, {**SMALL, **overrides}, epochs=1).train_epoch()
     assert SPACE.metric in row
 
 
@@ -187,8 +187,8 @@ def _write_trial(root, study, trial_id, rows):
 
 @pytest.mark.slow
 def test_real_runs_are_classified_grokking_memorization_comprehension(tmp_path):
-    analysis = pytest.importorskip("analysis.detect")
-    import analysis as analysis_package
+    import analysis
+    import analysis.detect
 
     curves = {}
     for trial_id, (overrides, _) in PHASES.items():
@@ -208,7 +208,7 @@ def test_real_runs_are_classified_grokking_memorization_comprehension(tmp_path):
     assert max(r["heldout_acc"] for r in curves["memorization"]) < 0.1
     assert curves["memorization"][-1]["train_acc"] == 1.0
 
-    lf = analysis_package.scan(tmp_path)
-    table = analysis.grokking(lf, "acc").collect()
+    lf = analysis.scan(tmp_path)
+    table = analysis.detect.grokking(lf, "acc").collect()
     labels = dict(zip(table["trial_id"].to_list(), table["class"].to_list()))
     assert labels == {trial_id: expected for trial_id, (_, expected) in PHASES.items()}, table
