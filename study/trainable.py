@@ -22,7 +22,7 @@ from typing import Any
 
 from ray import tune
 
-from study import recorder
+from study import faults, recorder
 from study.layout import StudyLocation
 
 RUN_SUBDIR = "run"
@@ -58,12 +58,24 @@ def _worst(mode: str) -> float:
     return -math.inf if mode == "max" else math.inf
 
 
-def _next_attempt(location: StudyLocation, trial_id: str) -> int:
-    """0 on a trial's first start, +1 per later start (restart after failure or resume)."""
+def _next_attempt(location: StudyLocation, trial_id: str, params: dict[str, Any]) -> int:
+    """0 on a trial's first start, +1 per later start (restart after failure or resume). The marker records
+    the parameters, node and process of the attempt (`study.verify` checks they never change)."""
     directory = location.join("attempts", f"trial_id={trial_id}")
     attempt = len(location.list_files(directory))
-    location.write_atomic(f"{directory}/{attempt}", b"")
+    _write_marker(location, trial_id, attempt, {"params": params})
     return attempt
+
+
+def _write_marker(location: StudyLocation, trial_id: str, attempt: int, info: dict[str, Any]) -> None:
+    import os
+
+    import ray
+
+    path = location.join("attempts", f"trial_id={trial_id}", str(attempt))
+    record = {"attempt": attempt, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+              "started": time.time(), **info}
+    location.write_atomic(path, json.dumps(record, sort_keys=True, default=str).encode())
 
 
 def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -75,7 +87,8 @@ def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     trial_id = tune.get_context().get_trial_id()
     location = StudyLocation.open(settings.results, settings.study)
     overrides = {**settings.fixed, **config["overrides"]}
-    attempt = _next_attempt(location, trial_id)
+    params = {k: v for k, v in config.items() if k != "overrides"}
+    attempt = _next_attempt(location, trial_id, params)
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -85,10 +98,13 @@ def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         run = tasks.make_run(settings.task, overrides, epochs=settings.epochs, seed=settings.seed,
                              device=settings.device)
     recorder.truncate_parts(location, trial_id, from_epoch=run.epoch)
+    _write_marker(location, trial_id, attempt, {"params": params, "start_epoch": run.epoch,
+                                                "from_checkpoint": checkpoint is not None})
 
     buffer: list[dict[str, Any]] = []
     while run.epoch < run.epochs:
         try:
+            faults.before_epoch(location.path, trial_id, run)   # inert unless TVAE_STUDY_FAULTS is set
             row = run.train_epoch()
         except tasks.DivergedError as exc:
             recorder.write_part(location, trial_id, buffer)
@@ -106,6 +122,7 @@ def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         if done or run.epoch % settings.checkpoint_every == 0:
             recorder.write_part(location, trial_id, buffer)   # rows first ...
             buffer = []
+            faults.during_checkpoint(location.path, trial_id, run.epoch)   # inert unless requested
             with tempfile.TemporaryDirectory(prefix="tvae-ckpt-") as tmp:
                 run.save(Path(tmp) / RUN_SUBDIR)
                 (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": run.epoch, "attempt": attempt}))

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,10 +153,7 @@ def _status(trial: Trial, scheduler: TrialScheduler) -> tuple[str, str | None]:
     if last.get(DIVERGED_KEY):
         return "DIVERGED", str(last.get("divergence_reason", ""))
     if trial.status == Trial.ERROR:
-        message = None
-        if trial.error_file:
-            message = f"error after {trial.num_failures} failure(s); see {trial.error_file}"
-        return "ERROR", message
+        return "ERROR", _error_reason(trial)
     if trial.status == Trial.TERMINATED:
         if last.get(DONE_KEY):
             return "COMPLETED", None
@@ -165,6 +163,22 @@ def _status(trial: Trial, scheduler: TrialScheduler) -> tuple[str, str | None]:
     if trial.status == Trial.RUNNING:
         return "RUNNING", None
     return "PENDING", None
+
+
+def _error_reason(trial: Trial) -> str:
+    """The exception that ended the trial (last line of its trace) and where the whole trace is stored: the
+    error file under Ray's session directory disappears with the session, the copy in the trial folder stays."""
+    text = None
+    try:
+        if trial.error_file and os.path.exists(trial.error_file):
+            text = Path(trial.error_file).read_text(errors="replace")
+        else:
+            text = trial.get_error()
+    except Exception:  # the reason is a courtesy: never let it break the trials table
+        text = None
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip() and not line.startswith(" ")]
+    summary = lines[-1][:300] if lines else "unknown error"
+    return f"{summary} (after {trial.num_failures} failure(s); trace in {trial.path}/error.txt)"
 
 
 def trial_record(trial: Trial, scheduler: TrialScheduler, metric: str, mode: str,

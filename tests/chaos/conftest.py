@@ -1,0 +1,19 @@
+"""Fixtures of the fault-injection suite; the helpers live in ``chaoslib``."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chaoslib import Studies  # noqa: E402
+
+
+@pytest.fixture
+def studies(tmp_path):
+    """Starts `study.run` drivers for one test and kills every process group it started afterwards."""
+    manager = Studies(tmp_path)
+    yield manager
+    manager.cleanup()
