@@ -157,21 +157,45 @@ def _col(name: str, metric: str) -> str:
     return f"_{name}:{metric}"
 
 
+# Both detectors build their columns in the same six stages (each one `with_columns`). Intermediate columns
+# are named after what they hold (`_rmean20:train_acc`), so when `events` runs both detectors on many metrics
+# a column they share is computed once.
+DEPTH = 6
+
+
+def _sigma_name(metric: str, window: int) -> str:
+    return _col(f"sigma{4 * window}", metric)
+
+
+def _flat_name(metric: str, r: PlateauRule) -> str:
+    return _col(f"flat{r.window}-{r.rtol}-{r.atol}-{r.z}", metric)
+
+
+def _common_stages(metric: str, window: int) -> list[list[pl.Expr]]:
+    m = pl.col(metric)
+    return [[_local_noise(m, 4 * window).alias(_sigma_name(metric, window)), _range(m).alias(_col("range", metric)),
+             (pl.col("epoch").max() - pl.col("epoch").min() + 1).over(G).cast(pl.Float64).alias("_len")]]
+
+
+def _flat_expr(metric: str, r: PlateauRule) -> pl.Expr:
+    return _flat(pl.col(metric), r, pl.col(_sigma_name(metric, r.window)), pl.col(_col("range", metric)))
+
+
 def _plateau_stages(metric: str, r: PlateauRule) -> list[list[pl.Expr]]:
-    """Columns `plateaus` needs, in dependency order (each list can be one `with_columns`)."""
-    m, c = pl.col(metric), (lambda n: _col(n, metric))  # noqa: E731
-    return [
-        [_local_noise(m, 2 * r.window).alias(c("psigma")), _range(m).alias(c("range"))],
-        [_flat(m, r, pl.col(c("psigma")), pl.col(c("range"))).alias(c("flat")),
-         _back(pl.col("epoch"), r.window - 1).alias(f"_start{r.window}")],
-        [((pl.col(c("flat")) != pl.col(c("flat")).shift(1)) | (_I == 0)).fill_null(True).cum_sum()
-         .alias(c("seg"))],
+    """Columns `plateaus` needs, in dependency order (each list is one `with_columns`)."""
+    flat = pl.col(_flat_name(metric, r))
+    stages = _common_stages(metric, r.window) + [
+        [],
+        [_flat_expr(metric, r).alias(_flat_name(metric, r)),
+         _back(pl.col("epoch"), 2 * (r.window // 2) - 1).alias(f"_start{r.window}")],
+        [((flat != flat.shift(1)) | (_I == 0)).fill_null(True).cum_sum().alias(_col("seg", metric))],
     ]
+    return stages + [[]] * (DEPTH - len(stages))
 
 
 def _plateau_rows(marked: pl.LazyFrame, metric: str, r: PlateauRule) -> pl.LazyFrame:
     m, c = pl.col(metric), (lambda n: _col(n, metric))  # noqa: E731
-    runs = (marked.filter(c("flat"))
+    runs = (marked.filter(_flat_name(metric, r))
             .group_by(c("seg"))
             .agg(pl.col(G).first(), *[pl.col(k).first() for k in KEYS],
                  pl.col(f"_start{r.window}").first().alias("epoch"),
@@ -206,26 +230,26 @@ def _transition_stages(metric: str, r: TransitionRule, p: PlateauRule) -> list[l
     w = r.window
     m, x = pl.col(metric), pl.col("epoch").cast(pl.Float64)
     c = lambda n: _col(n, metric)  # noqa: E731
-    sigma, rng, length = pl.col(c("tsigma")), pl.col(c("range")), pl.col("_len")
+    sigma, rng, length = pl.col(_sigma_name(metric, w)), pl.col(c("range")), pl.col("_len")
+    rmean, slope = pl.col(c(f"rmean{w}")), pl.col(c(f"slope{w}"))
     span = 2 * w + 1
-
-    def slope_ending_here(y: pl.Expr) -> pl.Expr:
-        mx, my = _rmean(x, w), _rmean(y, w)
-        return (_rmean(x * y, w) - mx * my) / (_rmean(x * x, w) - mx * mx)
-
+    mx = _rmean(x, w)
+    slope_ending_here = (_rmean(x * m, w) - mx * _rmean(m, w)) / (_rmean(x * x, w) - mx * mx)
     level_thr = pl.max_horizontal(pl.lit(r.atol), r.rtol * rng, r.z * sigma * math.sqrt(2.0 / w))
     slope_thr = pl.max_horizontal(r.slope_rtol * rng, r.z * sigma * math.sqrt(24.0 / w ** 3) * length)
-    a_level, a_slope = pl.col(c("dlevel")).abs(), pl.col(c("dslope")).abs() * length
+    a_level, a_slope = pl.col(c(f"dlevel{w}")).abs(), pl.col(c(f"dslope{w}")).abs() * length
     level = pl.col(c("level"))
+    flat_stages = [[]] if p.window == w else _common_stages(metric, p.window)
     return [
-        [_local_noise(m, 4 * w).alias(c("tsigma")), _range(m).alias(c("range")),
-         (pl.col("epoch").max() - pl.col("epoch").min() + 1).over(G).cast(pl.Float64).alias("_len")],
-        [(_ahead(_rmean(m, w), w - 1) - _back(_rmean(m, w), 1)).alias(c("dlevel")),
-         (_ahead(slope_ending_here(m), w - 1) - _back(slope_ending_here(m), 1)).alias(c("dslope")),
-         pl.when(_flat(m, p, sigma, rng)).then(pl.col("_row")).otherwise(None).forward_fill()
-         .alias(c("last_flat"))],
+        _common_stages(metric, w)[0] + flat_stages[0],
+        [_rmean(m, w).alias(c(f"rmean{w}")), slope_ending_here.alias(c(f"slope{w}"))],
+        [(_ahead(rmean, w - 1) - _back(rmean, 1)).alias(c(f"dlevel{w}")),
+         (_ahead(slope, w - 1) - _back(slope, 1)).alias(c(f"dslope{w}")),
+         _flat_expr(metric, p).alias(_flat_name(metric, p))],
+        [pl.when(pl.col(_flat_name(metric, p))).then(pl.col("_row")).otherwise(None).forward_fill()
+         .alias(c(f"last_flat{w}"))],
         # a plateau window of this trial ended within the `window` rows before t
-        [(_back(pl.col(c("last_flat")), 1) >= pl.max_horizontal(pl.col("_row") - w, pl.col("_row") - _I))
+        [(_back(pl.col(c(f"last_flat{w}")), 1) >= pl.max_horizontal(pl.col("_row") - w, pl.col("_row") - _I))
          .fill_null(False).alias(c("after_plateau")),
          # values are null within `window` rows of a trial's ends, so a centred span of ±window rows never
          # compares with a value of another trial
@@ -242,9 +266,10 @@ def _transition_stages(metric: str, r: TransitionRule, p: PlateauRule) -> list[l
 def _transition_rows(marked: pl.LazyFrame, metric: str, r: TransitionRule, p: PlateauRule) -> pl.LazyFrame:
     c = lambda n: pl.col(_col(n, metric))  # noqa: E731
     level = c("level")
+    w = r.window
     rows = (marked.filter(level | c("slope"))
             .with_columns(
-                pl.when(level).then(c("dlevel")).otherwise(c("dslope")).alias("magnitude"),
+                pl.when(level).then(c(f"dlevel{w}")).otherwise(c(f"dslope{w}")).alias("magnitude"),
                 pl.when(level & c("after_plateau")).then(pl.lit("transition.plateau_jump"))
                 .when(level).then(pl.lit("transition.level_shift"))
                 .otherwise(pl.lit("transition.slope_change")).alias("_rule"),
@@ -399,10 +424,9 @@ def events(lf: pl.LazyFrame, *, metrics: Sequence[str] | None = None, pairs: Seq
     if metrics:
         # one sorted frame with every metric's window columns; each detector's rows are drawn from it
         marked = _frame(lf, metrics)
-        for depth in range(4):
+        for depth in range(DEPTH):
             exprs = [e for metric in metrics
-                     for e in (_plateau_stages(metric, p) + [[]])[depth]
-                     + _transition_stages(metric, t, flat)[depth]]
+                     for e in _plateau_stages(metric, p)[depth] + _transition_stages(metric, t, flat)[depth]]
             marked = marked.with_columns(_unique_by_name(exprs))
         for metric in metrics:
             parts.append(_plateau_rows(marked, metric, p))
@@ -473,6 +497,13 @@ def _jsonable(row: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `… | head`
+        return 0
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     from analysis.scan import ScanError, scan
 
     args = _parser().parse_args(argv)
@@ -486,12 +517,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              ungrok_threshold=args.ungrok_threshold, hold=args.hold, ungrok_hold=args.hold,
                              min_delay=args.min_delay, delay_ratio=args.delay_ratio)
         tables = [grokking(lf, pair, rule=grule, directions=directions) for pair in pairs]
-        table = pl.concat(tables).collect() if tables else None
+        table = pl.concat(tables).collect(engine="in-memory") if tables else None
         ev = None
         if not args.no_events:
             ev = events(lf, metrics=args.metric, pairs=pairs, directions=directions,
                         plateau=PlateauRule(window=window, min_span=max(window, round(1.5 * window))),
-                        transition=TransitionRule(window=window), grokking_rule=grule).collect()
+                        transition=TransitionRule(window=window), grokking_rule=grule).collect(engine="in-memory")
     except (ScanError, ValueError, pl.exceptions.PolarsError, OSError) as exc:
         print(f"analysis.detect: error: {exc}", file=sys.stderr)
         return 2
