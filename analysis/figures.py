@@ -135,13 +135,17 @@ def importance(scores: pl.DataFrame) -> bytes:
 def class_counts(table: pl.DataFrame) -> bytes:
     """Trials per class, per study and pair."""
     counts = table.group_by("study", "pair", "class").len().sort("study", "pair")
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * counts["study"].n_unique() * counts["pair"].n_unique()), 3.4))
     counts = counts.with_columns(pl.concat_str("study", pl.lit(" · "), "pair").alias("study · pair"))
     present = [c for c in CLASS_ORDER if c in set(counts["class"].to_list())]
     sns.barplot(data=counts.to_pandas(), x="study · pair", y="len", hue="class", hue_order=present,
                 palette=CLASS_COLORS, ax=ax)
     ax.set_ylabel("trials")
     ax.set_xlabel("")
+    if counts["study · pair"].n_unique() > 2:
+        ax.tick_params(axis="x", rotation=25)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     fig.tight_layout()
     return _png(fig)

@@ -106,7 +106,20 @@ def metric_columns(schema: Mapping[str, object], overrides: Mapping[str, Directi
     return [c for c, t in schema.items() if is_numeric_metric(c, t) and direction(c, overrides) is not None]
 
 
+# The order in which pairs are listed (the first one present is the report's primary pair): accuracy-like
+# pairs first, losses last (a cross-entropy reaches its threshold later than the accuracy does).
+PAIR_PRIORITY = ("acc", "coverage", "Q", "hierarchy_B", "dist_corr", "hierarchy_A", "padic_dist_corr")
+
+
 def pairs(schema: Mapping[str, object]) -> list[str]:
-    """Base names `m` for which both `train_<m>` and `heldout_<m>` exist, in schema order."""
+    """Base names `m` for which both `train_<m>` and `heldout_<m>` exist: those of `PAIR_PRIORITY` in that
+    order, then the others in schema order, losses last."""
     names = set(schema)
-    return [base_name(c) for c in schema if c.startswith(TRAIN) and HELDOUT + base_name(c) in names]
+    found = [base_name(c) for c in schema if c.startswith(TRAIN) and HELDOUT + base_name(c) in names]
+
+    def rank(m: str) -> tuple[int, int]:
+        if m in PAIR_PRIORITY:
+            return (0, PAIR_PRIORITY.index(m))
+        return (2 if table_key(TRAIN + m) == "loss" else 1, found.index(m))
+
+    return sorted(found, key=rank)

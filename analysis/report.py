@@ -31,13 +31,15 @@ import polars as pl
 from analysis import figures
 from analysis import metrics as M
 from analysis import trials as T
-from analysis.detect import (KEYS, EVENT_SCHEMA, auto_window, events as detect_events, grokking)
+from analysis.detect import EVENT_SCHEMA, KEYS, auto_window, grokking, resolve_grokking_rule
+from analysis.detect import events as detect_events
 from analysis.rules import DETECTOR_VERSION, GrokkingRule, PlateauRule, TransitionRule
 from analysis.scan import ScanError, scan
 
 MAX_TABLE_ROWS = 500
 MAX_TIMELINE_TRIALS = 30
 MAX_POINTS_PER_CURVE = 1500
+HEADLINE = ("train_coverage", "train_hierarchy_B", "train_Q", "train_dist_corr", "loss")
 
 
 @dataclass(frozen=True)
@@ -173,10 +175,15 @@ def compute(options: ReportOptions) -> ReportData:
     data = ReportData(options=options, names=names, study_info=infos, metric=metric, mode=mode, pairs=pairs,
                       window=window, rules={"plateau": json.loads(prule.to_json()),
                                             "transition": json.loads(trule.to_json()),
-                                            "grokking": json.loads(grule.to_json())},
+                                            **{f"grokking[{p}]": _resolved(p, grule) for p in pairs}},
                       table=table, events=events, trial_summary=summary, selected=selected, notes=notes)
     _draw(data, lf)
     return data
+
+
+def _resolved(pair: str, rule: GrokkingRule) -> dict[str, Any]:
+    direction, filled = resolve_grokking_rule(pair, rule)
+    return json.loads(filled.to_json(direction=direction))
 
 
 def _label(study: pl.Expr, trial: pl.Expr, multi: bool) -> pl.Expr:
@@ -223,8 +230,10 @@ def _draw(data: ReportData, lf: pl.LazyFrame) -> None:
         curve_metrics += [M.TRAIN + p, M.HELDOUT + p]
     if data.metric and data.metric not in curve_metrics:
         curve_metrics.append(data.metric)
-    if not curve_metrics:
-        curve_metrics = M.metric_columns(dict(lf.collect_schema()))[:4]
+    if len(curve_metrics) < 2:  # no pair: the TernaryVAE headline metrics that exist, else any metrics
+        schema = dict(lf.collect_schema())
+        extra = [m for m in HEADLINE if m in schema] or M.metric_columns(schema)
+        curve_metrics += [m for m in extra if m not in curve_metrics][:4 - len(curve_metrics)]
     if sel.height:
         curves = (lf.join(sel.lazy().select(*KEYS, "label"), on=KEYS, how="semi")
                   .select(*KEYS, "epoch", *curve_metrics)

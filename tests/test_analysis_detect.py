@@ -105,6 +105,13 @@ def test_run_without_heldout_gets_a_plateau_then_jump_in_coverage():
     assert ev.filter(pl.col("event") == "class").height == 0      # no pair, no classification
 
 
+def test_pairs_are_listed_accuracy_first_losses_last():
+    from analysis.metrics import pairs
+    schema = dict.fromkeys(["train_loss", "heldout_loss", "train_zz", "heldout_zz", "train_acc", "heldout_acc",
+                            "train_Q", "train_coverage", "heldout_coverage"])
+    assert pairs(schema) == ["acc", "coverage", "zz", "loss"]
+
+
 def test_event_rows_name_their_rule_parameters_and_version(curves: pl.DataFrame):
     ev = detect.events(curves.lazy()).collect()
     assert ev.schema == pl.Schema(detect.EVENT_SCHEMA)
