@@ -39,7 +39,7 @@ _HELP = {
                         "checkpoint, and a resumed trial loses at most this many epochs (default 10)",
     "max_failures": "retries of a trial that crashes (a diverging trial is never retried) (default 2)",
     "threads_per_trial": "torch threads in each trial (default 1)",
-    "dashboard_port": "port of the local Ray dashboard on 127.0.0.1; a free one is used if taken (default 8265)",
+    "dashboard_port": "port of the local Ray dashboard on 127.0.0.1 (default: 8265, or the next free port)",
     "resume": "continue the study RESULTS/NAME: finish the requested trials, continue unfinished ones from "
               "their last checkpoint, keep the sampler's knowledge",
     "dry_run": "print the plan (new study, or what a resume would skip, continue, retry or start) and exit",
@@ -164,13 +164,17 @@ def _write_study_json(space, config, location, resume: bool) -> None:
     location.write_json(path, record)
 
 
+def _sigterm_as_sigint() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+
+
 def _run(space, config, location, resume: bool) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet rows are the record
     os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
     resume_cmd = config.resume_command()
     # SIGTERM behaves like Ctrl-C: Tune saves its state and stops the trials
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    _sigterm_as_sigint()
     from study import cluster
 
     try:
@@ -179,6 +183,7 @@ def _run(space, config, location, resume: bool) -> int:
         print(f"Study {config.name!r} ({'resumed' if resume else 'new'}): {location.display}")
         print(f"If it is interrupted, continue it with:\n  {resume_cmd}", flush=True)
         info = cluster.start(config.address, dashboard_port=config.dashboard_port)
+        _sigterm_as_sigint()   # again: ray.init installs its own SIGTERM handler, which would just exit
         print(cluster.dashboard_help(info), flush=True)
         from study import tune_driver
 
