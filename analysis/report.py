@@ -59,6 +59,7 @@ class ReportOptions:
 class ReportData:
     options: ReportOptions
     names: list[str]
+    dirs: list[Path]
     study_info: list[dict[str, Any]]
     metric: str | None
     mode: str | None
@@ -113,8 +114,16 @@ def compute(options: ReportOptions) -> ReportData:
     for d in options.studies:
         if not d.is_dir():
             raise ScanError(f"{d}: not a directory (expected a study directory)")
-    names = [T.study_name(d) for d in options.studies]
-    infos = [T.study_json(d) for d in options.studies]
+    # the study name of a directory is the `study` value of its rows (study.json's or the folder's name when
+    # it has none yet); a directory holding several studies contributes each of them
+    names, dirs, infos = [], [], []
+    for d in options.studies:
+        found = (scan(d, allow_empty=True).select(pl.col("study").unique().sort()).collect()["study"].to_list()
+                 or [T.study_name(d)])
+        for name in found:
+            names.append(name)
+            dirs.append(d)
+            infos.append(T.study_json(d))
     lf = scan(list(options.studies), allow_empty=True)
     schema = dict(lf.collect_schema())
     pairs = list(options.pairs) or M.pairs(schema)
@@ -149,7 +158,9 @@ def compute(options: ReportOptions) -> ReportData:
                      "held-out split get plateaus and transitions only).")
 
     # trials.parquet: status and parameters
-    tables = [t for t in (T.trials(d, n) for d, n in zip(options.studies, names)) if t is not None]
+    # trials.parquet has no study column: it belongs to its directory's (first) study
+    first_name = {d: n for n, d in reversed(list(zip(names, dirs)))}
+    tables = [t for t in (T.trials(d, first_name[d]) for d in options.studies) if t is not None]
     if tables:
         tr = pl.concat(tables, how="diagonal_relaxed")
         keep = ["study", "trial_id", *[c for c in ("status", "attempts") if c in tr.columns], *T.param_columns(tr)]
@@ -172,7 +183,7 @@ def compute(options: ReportOptions) -> ReportData:
                      "still generalise).")
 
     selected = _select_trials(summary, events, metric, mode, options.top, multi=len(names) > 1)
-    data = ReportData(options=options, names=names, study_info=infos, metric=metric, mode=mode, pairs=pairs,
+    data = ReportData(options=options, names=names, dirs=dirs, study_info=infos, metric=metric, mode=mode, pairs=pairs,
                       window=window, rules={"plateau": json.loads(prule.to_json()),
                                             "transition": json.loads(trule.to_json()),
                                             **{f"grokking[{p}]": _resolved(p, grule) for p in pairs}},
@@ -314,7 +325,7 @@ def _fmt(v: Any) -> str:
 def _per_study(data: ReportData) -> list[dict[str, Any]]:
     out = []
     s = data.trial_summary
-    for name, d, info in zip(data.names, data.options.studies, data.study_info):
+    for name, d, info in zip(data.names, data.dirs, data.study_info):
         part = s.filter(pl.col("study") == name)
         row: dict[str, Any] = {"study": name, "directory": str(d), "space": info.get("arguments", {}).get("space")
                                if isinstance(info.get("arguments"), dict) else None,

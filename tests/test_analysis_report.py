@@ -85,12 +85,14 @@ def test_report_defaults_to_study_dir_and_handles_a_foreign_dataset(tmp_path: Pa
     csv = tmp_path / "theirs.csv"
     df = dataset(["grokking", "memorization"], epochs=150, seed=4, study="theirs")
     df.select("study", "trial_id", "epoch", "train_acc", "heldout_acc").write_csv(csv)
-    folder = tmp_path / "theirs"
+    folder = tmp_path / "their-curves"      # the folder's name is not the study's
     folder.mkdir()
     pl.read_csv(csv).write_parquet(folder / "curves.parquet")
     assert report_cli.main([str(folder)]) == 0
     page = (folder / "report" / "report.html").read_text()
     assert "No trials.parquet" in page
+    summary = (folder / "report" / "summary.md").read_text()
+    assert "| theirs | " in summary and "| 2 | 300 |" in summary      # 2 trials, 300 epoch rows
     classes = pl.read_parquet(folder / "report" / "classes.parquet")
     assert dict(classes.select("trial_id", "class").iter_rows()) == {
         "t00000-grokking": "grokking", "t00001-memorization": "memorization"}
