@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import signal
 import sys
@@ -42,6 +43,8 @@ _HELP = {
     "dashboard_port": "port of the local Ray dashboard on 127.0.0.1 (default: 8265, or the next free port)",
     "resume": "continue the study RESULTS/NAME: finish the requested trials, continue unfinished ones from "
               "their last checkpoint, keep the sampler's knowledge",
+    "set": "KEY=VALUE: fix a task config key for every trial (repeatable), e.g. --set optim.weight_decay=0.1; "
+           "the key must exist and not be one the space searches; VALUE is JSON (number, true, [..]) or text",
     "dry_run": "print the plan (new study, or what a resume would skip, continue, retry or start) and exit",
 }
 
@@ -66,13 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-failures", type=int, help=_HELP["max_failures"])
     add("--threads-per-trial", type=int, help=_HELP["threads_per_trial"])
     add("--dashboard-port", type=int, help=_HELP["dashboard_port"])
+    add("--set", action="append", metavar="KEY=VALUE", help=_HELP["set"])
     add("--resume", action="store_true", help=_HELP["resume"])
     add("--dry-run", action="store_true", help=_HELP["dry_run"])
     return parser
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
-    skip = {"resume", "dry_run"}
+    skip = {"resume", "dry_run", "set"}
     return {k: v for k, v in vars(args).items() if v is not None and k not in skip}
 
 
@@ -81,7 +85,43 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def _new_config(given: dict[str, Any]):
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → ``{"a.b": 1, "c": "x"}`` (values as JSON when they parse, else text)."""
+    sets: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set {item!r} is not KEY=VALUE")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        sets[key.strip()] = value
+    return sets
+
+
+def check_sets(space, sets: dict[str, Any]) -> None:
+    """Refuse --set keys the space searches, and keys or values the task does not accept (named)."""
+    if not sets:
+        return
+    import optuna
+
+    from tvae import tasks
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    probe.set_user_attr("epochs", 1)
+    searched = sorted(set(space.define(probe.ask())) & set(sets))
+    if searched:
+        raise ValueError(f"--set {', '.join(searched)}: the space {space.name!r} searches "
+                         f"{'this key' if len(searched) == 1 else 'these keys'}; choose another space or key")
+    try:
+        tasks.make_run(space.task, {**space.fixed, **sets}, epochs=1, seed=0)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"--set rejected by task {space.task!r}: {exc}") from None
+
+
+def _new_config(given: dict[str, Any], sets: dict[str, Any]):
     import search_spaces
     from study.config import StudyConfig
 
@@ -91,16 +131,23 @@ def _new_config(given: dict[str, Any]):
     values = {"name": given.get("name", space.name), "trials": space.trials, "epochs": space.epochs,
               "scheduler": space.scheduler, "grace_period": space.grace_period, "results": "results"}
     values.update(given)
+    if sets:
+        check_sets(space, sets)
+        values["extra"] = {"set": sets}
     return space, StudyConfig(**values)
 
 
-def _resumed_config(given: dict[str, Any], location):
+def _resumed_config(given: dict[str, Any], location, sets: dict[str, Any]):
     import search_spaces
     from study.config import StudyConfig, check_same_identity
     from study.progress import read_study_json
 
     stored = StudyConfig.from_dict(read_study_json(location)["arguments"])
     check_same_identity(stored, given)
+    stored_sets = stored.extra.get("set", {})
+    if sets and sets != stored_sets:
+        raise ValueError(f"cannot resume with different --set values: {sets} (the study has {stored_sets}). "
+                         "Start a new study with another --name to change them.")
     runtime = {k: given[k] for k in ("address", "results", "dashboard_port", "threads_per_trial") if k in given}
     config = StudyConfig(**{**stored.to_dict(), **runtime, "address": given.get("address")})
     return search_spaces.get(config.space), config
@@ -118,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             location = StudyLocation.open(given.get("results", "results"), given["name"])
             if not location.exists(location.join(STUDY_JSON)):
                 return _fail(f"nothing to resume: no study at {location.display}")
-            space, config = _resumed_config(given, location)
+            space, config = _resumed_config(given, location, parse_sets(args.set))
         else:
-            space, config = _new_config(given)
+            space, config = _new_config(given, parse_sets(args.set))
             location = StudyLocation.open(config.results, config.name)
             if location.exists(location.join(STUDY_JSON)):
                 return _fail(f"study {config.name!r} already exists at {location.display}; continue it with\n"
@@ -130,7 +177,42 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         return _dry_run(space, config, location, args.resume)
+    try:
+        check_writable(location)
+        if args.resume:
+            from study import preflight
+
+            for note in preflight.run(location):
+                print(f"repaired: {note}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
     return _run(space, config, location, args.resume)
+
+
+def check_writable(location) -> None:
+    """Fail early, naming the place, when the study directory cannot be created or written."""
+    probe = location.join(f".write-probe-{os.getpid()}")
+    try:
+        location.makedirs(location.path)
+        location.write_atomic(probe, b"")
+        location.delete_file(probe)
+    except OSError as exc:
+        raise OSError(f"--results {location.results!r}: cannot write the study directory {location.display} "
+                      f"({exc.strerror or exc})") from None
+
+
+def check_resources(config) -> None:
+    """Refuse a trial that no node of the Ray cluster can ever hold (Tune would wait for it forever)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= config.cpus_per_trial and n.get("GPU", 0) >= config.gpus_per_trial for n in nodes):
+        return
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    raise ValueError(f"impossible resource request: a trial asks for --cpus-per-trial {config.cpus_per_trial:g} "
+                     f"--gpus-per-trial {config.gpus_per_trial:g}, but the largest node of the Ray cluster has "
+                     f"{cpus:g} CPU(s) and {gpus:g} GPU(s)")
 
 
 def _dry_run(space, config, location, resume: bool) -> int:
@@ -178,12 +260,16 @@ def _run(space, config, location, resume: bool) -> int:
     from study import cluster
 
     try:
+        info = cluster.start(config.address, dashboard_port=config.dashboard_port)
+        _sigterm_as_sigint()   # again: ray.init installs its own SIGTERM handler, which would just exit
+        try:
+            check_resources(config)   # before study.json: a refused new study leaves nothing behind
+        except ValueError as exc:
+            return _fail(str(exc))
         location.makedirs(location.path)
         _write_study_json(space, config, location, resume)
         print(f"Study {config.name!r} ({'resumed' if resume else 'new'}): {location.display}")
         print(f"If it is interrupted, continue it with:\n  {resume_cmd}", flush=True)
-        info = cluster.start(config.address, dashboard_port=config.dashboard_port)
-        _sigterm_as_sigint()   # again: ray.init installs its own SIGTERM handler, which would just exit
         print(cluster.dashboard_help(info), flush=True)
         from study import tune_driver
 
@@ -193,7 +279,13 @@ def _run(space, config, location, resume: bool) -> int:
         tuner, _ = tune_driver.build_tuner(space, config, location, resume)
         outcome = tune_driver.fit(tuner, config.trials)
     except KeyboardInterrupt:
-        print(f"\nInterrupted. Continue the study with:\n  {resume_cmd}", file=sys.stderr)
+        from study.layout import STUDY_JSON
+
+        if location.exists(location.join(STUDY_JSON)):
+            print(f"\nInterrupted. Continue the study with:\n  {resume_cmd}", file=sys.stderr)
+        else:
+            print("\nInterrupted before the study started: nothing was stored; run the same command again.",
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         cluster.stop()

@@ -147,20 +147,22 @@ def make_scheduler(space: SearchSpace, config: StudyConfig) -> TrialScheduler:
 
 # ------------------------------------------------------------------------------------------ trials table
 
-def _status(trial: Trial, scheduler: TrialScheduler) -> tuple[str, str | None]:
+def _status(trial: Trial, scheduler: TrialScheduler, ending: str | None = None) -> tuple[str, str | None]:
+    """``ending`` is the status Tune is about to give the trial (callbacks run before it is set)."""
     last = trial.last_result or {}
     stopped = getattr(scheduler, "stopped", {})
+    status = ending or trial.status
     if last.get(DIVERGED_KEY):
         return "DIVERGED", str(last.get("divergence_reason", ""))
-    if trial.status == Trial.ERROR:
+    if status == Trial.ERROR:
         return "ERROR", _error_reason(trial)
-    if trial.status == Trial.TERMINATED:
+    if status == Trial.TERMINATED:
         if last.get(DONE_KEY):
             return "COMPLETED", None
         if trial.trial_id in stopped:
             return "PRUNED", stopped[trial.trial_id]
         return "INTERRUPTED", None
-    if trial.status == Trial.RUNNING:
+    if status == Trial.RUNNING:
         return "RUNNING", None
     return "PENDING", None
 
@@ -182,8 +184,8 @@ def _error_reason(trial: Trial) -> str:
 
 
 def trial_record(trial: Trial, scheduler: TrialScheduler, metric: str, mode: str,
-                 location: StudyLocation) -> trials_table.TrialRecord:
-    status, reason = _status(trial, scheduler)
+                 location: StudyLocation, ending: str | None = None) -> trials_table.TrialRecord:
+    status, reason = _status(trial, scheduler, ending)
     last = trial.last_result or {}
     params = {k: v for k, v in (trial.config or {}).items() if k != "overrides"}
     best: dict[str, float] = {}
@@ -204,13 +206,14 @@ def trial_record(trial: Trial, scheduler: TrialScheduler, metric: str, mode: str
 class TrialsTableWriter(tune.Callback):
     """Rewrites `trials.parquet` when a trial starts or ends, at the end, and every ``period`` s meanwhile."""
 
-    def __init__(self, location: StudyLocation, metric: str, mode: str, period: float = 15.0) -> None:
+    def __init__(self, location: StudyLocation, metric: str, mode: str, period: float = 5.0) -> None:
         self.location, self.metric, self.mode, self.period = location, metric, mode, period
         self.scheduler: TrialScheduler | None = None
         self._last = 0.0
 
-    def write(self, trials: list[Trial]) -> None:
-        records = [trial_record(t, self.scheduler, self.metric, self.mode, self.location) for t in trials]
+    def write(self, trials: list[Trial], ending: Trial | None = None, status: str | None = None) -> None:
+        records = [trial_record(t, self.scheduler, self.metric, self.mode, self.location,
+                                status if t is ending else None) for t in trials]
         trials_table.write(self.location, records)
         self._last = time.monotonic()
 
@@ -222,10 +225,10 @@ class TrialsTableWriter(tune.Callback):
             self.write(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.write(trials)
+        self.write(trials, trial, Trial.TERMINATED)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.write(trials)
+        self.write(trials, trial, Trial.ERROR)
 
     def on_experiment_end(self, trials, **info):
         self.write(trials)
@@ -246,7 +249,8 @@ def _settings(space: SearchSpace, config: StudyConfig, location: StudyLocation) 
     return TrialSettings(study=config.name, results=_absolute(config.results), task=space.task,
                          epochs=config.epochs, seed=config.seed, device=config.device,
                          checkpoint_every=config.checkpoint_every, threads=config.threads_per_trial,
-                         metric=space.metric, mode=space.mode, fixed=dict(space.fixed))
+                         metric=space.metric, mode=space.mode,
+                         fixed={**space.fixed, **config.extra.get("set", {})})
 
 
 def _absolute(results: str) -> str:
