@@ -54,11 +54,13 @@ class PhasesConfig:
 @dataclass
 class CoverageConfig:
     """The coverage (foundation) phase: beta-VAE training of encoder A, projection A and the decoder."""
-    lr: float = 3e-3
+    lr: float = 3e-3                  # cosine decay over [0, e1) down to lr * min_lr_scale
+    min_lr_scale: float = 0.0
     batch_size: int = 256
-    beta: float = 0.01
+    recon_weight: float = 9.0         # weight of the mean CE (9 = summed over the 9 positions, as v5.5 did)
+    beta: float = 0.0
     free_bits: float = 0.0            # nats per latent dimension (clamp from below on batch-mean KL)
-    radial_weight: float = 1.0        # radial pull of z_A towards the level targets already in this phase
+    radial_weight: float = 1.0        # radial pull of z_A towards the level targets, ramped 0 -> full by e1/2
 
 
 @dataclass
@@ -138,6 +140,7 @@ class GeodesicConfig:
 
 @dataclass
 class LossConfig:
+    a_path_weight: float = 1.0        # multiplies the radial, rank, zero and geodesic terms on z_A (upstream: 1)
     rich: RichConfig = field(default_factory=RichConfig)
     radial: RadialConfig = field(default_factory=RadialConfig)
     rank: RankConfig = field(default_factory=RankConfig)

@@ -1,8 +1,8 @@
 """The v5.12.4 losses, vectorised.
 
 Per-level statistics use a (B, 10) one-hot matrix (matmuls, no loops over levels or samples). Radius tensors
-may carry a leading axis of 2 (z_A and z_B stacked), in which case a term returns the sum over both, which is
-how upstream applies radial, rank, zero-structure and geodesic terms to A and B. Random pairs are drawn by the
+may carry a leading axis of 2 (z_A and z_B stacked); the radial, rank, zero-structure and geodesic terms then
+return one value per path (shape (2,)), which the trainer weights and sums (upstream: A + B). Random pairs are drawn by the
 caller (once per epoch for all steps) and passed in as index tensors. Nothing here calls ``.item()``.
 """
 from __future__ import annotations
@@ -57,13 +57,13 @@ def reconstruction(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 def radial(r: torch.Tensor, v: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
            pi: torch.Tensor, pj: torch.Tensor, delta: float, margin_weight: float) -> torch.Tensor:
     """RadialHierarchyLoss: mean_i w_v (r_i - t_v)^2 + margin_weight * mean over pairs with v_i > v_j of
-    relu(0.5 (v_i - v_j) delta - (r_j - r_i)). Summed over a leading A/B axis if present."""
+    relu(0.5 (v_i - v_j) delta - (r_j - r_i)). One value per leading A/B path."""
     primary = (weights[v] * (r - targets[v]) ** 2).mean(-1)
     vi, vj = v[pi], v[pj]
     keep = (vi > vj).to(r.dtype)
     pen = F.relu(0.5 * (vi - vj).to(r.dtype) * delta - (r[..., pj] - r[..., pi]))
     margin = (pen * keep).sum(-1) / keep.sum().clamp_min(1)
-    return (primary + margin_weight * margin).sum()
+    return primary + margin_weight * margin
 
 
 def rank(r: torch.Tensor, v: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -71,7 +71,7 @@ def rank(r: torch.Tensor, v: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor, t
     dv = (v[pi] - v[pj]).to(r.dtype)
     keep = (dv != 0).to(r.dtype)
     pen = dv.abs() * torch.sigmoid(-torch.sign(dv) * (r[..., pj] - r[..., pi]) / temperature)
-    return ((pen * keep).sum(-1) / keep.sum().clamp_min(1)).sum()
+    return (pen * keep).sum(-1) / keep.sum().clamp_min(1)
 
 
 def zero_structure(r: torch.Tensor, zero_target: torch.Tensor, n_zero_std: torch.Tensor,
@@ -82,14 +82,14 @@ def zero_structure(r: torch.Tensor, zero_target: torch.Tensor, n_zero_std: torch
     val = F.smooth_l1_loss(r, zero_target.expand_as(r), reduction="none", beta=1.0).mean(-1)
     r_std = (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-8)
     corr = (n_zero_std * r_std).mean(-1)
-    return (valuation_weight * val + sparsity_weight * (corr - target_correlation) ** 2).sum()
+    return valuation_weight * val + sparsity_weight * (corr - target_correlation) ** 2
 
 
 def geodesic(z: torch.Tensor, pair_target: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor,
              c: torch.Tensor) -> torch.Tensor:
-    """PAdicGeodesicLoss: SmoothL1(d(z_i, z_j), D exp(-v(|i-j|)/s)), mean over pairs; summed over A/B."""
+    """PAdicGeodesicLoss: SmoothL1(d(z_i, z_j), D exp(-v(|i-j|)/s)), mean over pairs, per path."""
     d = distance(z[..., pi, :], z[..., pj, :], c)
-    return F.smooth_l1_loss(d, pair_target.expand_as(d), reduction="none", beta=1.0).mean(-1).sum()
+    return F.smooth_l1_loss(d, pair_target.expand_as(d), reduction="none", beta=1.0).mean(-1)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ from tvae.config import Config
 from tvae.geometry import distance, log0, radius
 from tvae.homeostasis import Homeostasis
 from tvae.model import TernaryVAE
-from tvae.schedules import lr_factor
+from tvae.schedules import cosine, lr_factor
 from tvae.tasks import DivergedError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -162,12 +162,12 @@ class TernaryRun:
 
     def _set_lrs(self, phase: str, trainable: dict[str, bool]) -> float:
         o = self.cfg.optim
-        f = lr_factor(self.cfg.schedule, self.epoch, self.epochs)
-        if phase == "coverage":
-            base = self.cfg.coverage.lr * f
+        e1 = self.cfg.phases.structure_start
+        if phase == "coverage":   # the foundation phase has its own cosine decay over [0, e1)
+            base = self.cfg.coverage.lr * cosine(self.epoch, e1, self.cfg.coverage.min_lr_scale)
             scales = {"encoder_A": 1.0, "proj_A": 1.0, "decoder": o.lr_scale_decoder}
-        else:
-            base = o.lr * f
+        else:                     # the main schedule counts epochs from the start of the structure phase
+            base = o.lr * lr_factor(self.cfg.schedule, self.epoch - e1, self.epochs - e1)
             scales = {"encoder_A": o.lr_scale_encoder_A, "encoder_B": o.lr_scale_encoder_B,
                       "proj_A": o.lr_scale_projections, "proj_B": o.lr_scale_projections}
         scales["curvature"] = 1.0
@@ -271,6 +271,8 @@ class TernaryRun:
         bsz = len(batches[0])
         pi, pj = self._pairs(len(batches), bsz, min(rad.n_pairs, bsz * (bsz - 1) // 2))
         delta = (rad.outer_radius - rad.inner_radius) / 9
+        e1 = cfg.phases.structure_start
+        pull = cov.radial_weight * min(1.0, self.epoch / max(1, e1 // 2))   # ramp: 0 -> full at e1/2
         sums = torch.zeros(len(TERMS), device=self.device)
         grad_sum = torch.zeros((), device=self.device)
         zero = torch.zeros((), device=self.device)
@@ -280,10 +282,10 @@ class TernaryRun:
             c = model.curvature()
             eps = torch.randn_like(mu)
             z_A = model.proj_A(mu + eps * torch.exp(0.5 * logvar))
-            recon = losses.reconstruction(model.decode(z_A, c), cls)
+            recon = cov.recon_weight * losses.reconstruction(model.decode(z_A, c), cls)
             kl = cov.beta * losses.kl_divergence(mu, logvar, cov.free_bits)
             a, b = (pi[s], pj[s]) if len(idx) == bsz else (pi[s] % len(idx), pj[s] % len(idx))
-            radial = cov.radial_weight * losses.radial(radius(z_A, c), v, self.targets, self.radial_weights,
+            radial = pull * losses.radial(radius(z_A, c), v, self.targets, self.radial_weights,
                                                        a, b, delta, rad.margin_weight)
             loss = recon + kl + radial
             grad_sum += self._step(loss, params)
@@ -314,6 +316,7 @@ class TernaryRun:
         w_rad = L.radial.weight * (0.5 if geometry else 1.0)
         delta = (L.radial.outer_radius - L.radial.inner_radius) / 9
         rich = L.rich
+        ab = torch.tensor([L.a_path_weight, 1.0], device=dev)            # weights of the A and B paths
         enc_A_trains = model.encoder_A.training and any(p.requires_grad for p in model.encoder_A.parameters())
         enc_B_trains = any(p.requires_grad for p in model.encoder_B.parameters())
         cache = None if enc_A_trains else self._encoder_A_outputs()
@@ -339,12 +342,12 @@ class TernaryRun:
                                                      present[s], var_levels[s], self.sep_lo, self.sep_hi,
                                                      rich.min_richness_ratio, rich.separation_margin)
             h, richness, sep = rich.hierarchy_weight * h, rich.richness_weight * richness, rich.separation_weight * sep
-            radial = w_rad * losses.radial(r, v, self.targets, self.radial_weights, rad_i[s], rad_j[s], delta,
-                                           L.radial.margin_weight)
-            rank = L.rank.weight * losses.rank(r, v, rank_i[s], rank_j[s], L.rank.temperature)
-            zero_s = losses.zero_structure(r, zero_t[s], n0_std[s], L.zero.valuation_weight,
-                                           L.zero.sparsity_weight, L.zero.target_correlation)
-            geo = L.geodesic.weight * losses.geodesic(z, geo_t[s], geo_i[s], geo_j[s], c) if geometry else zero
+            radial = w_rad * ab @ losses.radial(r, v, self.targets, self.radial_weights, rad_i[s], rad_j[s], delta,
+                                                L.radial.margin_weight)
+            rank = L.rank.weight * ab @ losses.rank(r, v, rank_i[s], rank_j[s], L.rank.temperature)
+            zero_s = ab @ losses.zero_structure(r, zero_t[s], n0_std[s], L.zero.valuation_weight,
+                                                L.zero.sparsity_weight, L.zero.target_correlation)
+            geo = L.geodesic.weight * ab @ losses.geodesic(z, geo_t[s], geo_i[s], geo_j[s], c) if geometry else zero
             loss = recon + h + richness + sep + radial + rank + zero_s + geo
             grad_sum += self._step(loss, params)
             sums += torch.stack([recon, zero, h, richness, sep, radial, rank, zero_s, geo]).detach()
@@ -443,6 +446,9 @@ class TernaryRun:
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for st in self.optimizer.state.values():   # torch restores geoopt's int step as a float tensor
+            if torch.is_tensor(st.get("step")):
+                st["step"] = int(st["step"].item())
         self.homeostasis.load_state_dict(state["homeostasis"])
         self._rng = state["rng"]
         self.r_orig = None if state["r_orig"] is None else state["r_orig"].to(self.device)

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from tvae import data, metrics
+
+
+def test_spearman_hand_computed_with_ties():
+    # x ranks: 1, 2.5, 2.5, 4 ; y ranks: 1, 2, 3, 4 -> Pearson of ranks
+    x = np.array([1.0, 2.0, 2.0, 5.0], dtype=np.float32)
+    y = np.array([0, 1, 2, 3])
+    rx = np.array([1, 2.5, 2.5, 4.0]); ry = np.array([1, 2, 3, 4.0])
+    expected = np.corrcoef(rx, ry)[0, 1]
+    assert metrics.spearman(x, y) == pytest.approx(expected, abs=1e-12)
+    assert metrics.spearman_discrete(x, y, 4) == pytest.approx(expected, abs=1e-12)
+    assert metrics.spearman(np.array([3.0, 2.0, 1.0]), np.array([1, 2, 3])) == pytest.approx(-1.0)
+
+
+def test_spearman_discrete_matches_reference_on_random_data_with_ties():
+    rng = np.random.default_rng(1)
+    x = np.round(rng.random(5000), 2).astype(np.float32)   # many ties
+    codes = rng.integers(0, 10, size=5000)
+    assert metrics.spearman_discrete(x, codes, 10) == pytest.approx(metrics.spearman(x, codes), abs=1e-10)
+    neg = (x - 0.5).astype(np.float32)                       # negative values keep their order
+    assert metrics.spearman_discrete(neg, codes, 10) == pytest.approx(metrics.spearman(neg, codes), abs=1e-10)
+
+
+def test_hierarchy_ceiling_for_distinct_radii_is_minus_0_83205():
+    v = data.valuations().numpy()
+    rng = np.random.default_rng(0)
+    radius = (9 - v) + 0.5 * rng.random(len(v))          # perfectly ordered levels, distinct radii
+    assert metrics.hierarchy(radius.astype(np.float32), v) == pytest.approx(-0.83205, abs=1e-5)
+    tied = (9 - v).astype(np.float32)                     # zero within-level spread
+    assert metrics.hierarchy(tied, v) == pytest.approx(-1.0)
+
+
+def test_richness_is_mean_population_variance_over_levels_with_two_members():
+    radius = np.array([1.0, 3.0, 2.0, 2.0, 4.0, 7.0], dtype=np.float32)
+    v = np.array([0, 0, 1, 1, 2, 9])                      # level 9 has one member: skipped
+    # var level0 = 1, level1 = 0, level2 has one member -> skipped
+    assert metrics.richness(radius, v) == pytest.approx(0.5)
+
+
+def test_dist_corr_and_q():
+    v = np.array([0, 0, 1, 2, 3, 9])
+    radius = np.array([3.0, 3.1, 2.0, 1.0, 0.5, 0.1], dtype=np.float32)
+    sample = metrics.DistCorrSample(np.arange(6), v)
+    iu, ju = np.triu_indices(6, 1)
+    expected = metrics.spearman(np.abs(radius[iu] - radius[ju]), np.abs(v[iu] - v[ju]))
+    assert sample(radius) == pytest.approx(expected, abs=1e-12)
+    assert metrics.q_value(0.7, -0.8) == pytest.approx(0.7 + 1.5 * 0.8)
+
+
+def test_padic_codes_order_and_effective_rank():
+    assert metrics.padic_codes(np.array([0, 8])).tolist() == [9, 1]   # larger valuation, smaller distance
+    m = np.diag([1.0, 1.0, 1.0, 0.0])
+    assert metrics.effective_rank(m) == pytest.approx(3.0)
+    assert metrics.effective_rank_from_gram(m.T @ m) == pytest.approx(3.0)

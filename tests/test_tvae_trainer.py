@@ -1,0 +1,95 @@
+"""End-to-end trainer tests on the `tiny` preset (full data, few large batches, few epochs)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tvae import trainer
+from tvae.tasks import DivergedError, Run, load_run, make_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"preset": "tiny"}
+
+
+def _metrics(row):
+    return {k: v for k, v in row.items() if k not in ("epoch_seconds", "wall_time")}
+
+
+def test_phases_switch_at_their_epochs_and_rows_follow_the_schema():
+    run = make_run("ternary_vae", TINY | {"phases.structure_start": 2, "phases.geometry_start": 3}, epochs=4, seed=0)
+    assert isinstance(run, Run)
+    rows = [run.train_epoch() for _ in range(4)]
+    assert [r["phase"] for r in rows] == ["coverage", "coverage", "structure", "geometry"]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    # coverage phase trains the A path; afterwards encoder A and the decoder are frozen
+    assert rows[0]["frozen_encoder_A"] is False and rows[0]["frozen_decoder"] is False
+    assert rows[2]["frozen_encoder_A"] is True and rows[2]["frozen_decoder"] is True
+    assert rows[2]["frozen_encoder_B"] is False
+    # losses: KL/recon only in coverage; the geodesic term joins in geometry
+    assert rows[1]["loss_hierarchy"] == 0.0 and rows[2]["loss_hierarchy"] > 0
+    assert rows[2]["loss_geodesic"] == 0.0 and rows[3]["loss_geodesic"] > 0
+    # encoder B is tied to A in the coverage phase, then starts as its copy
+    assert rows[1]["train_hierarchy_B"] == rows[1]["train_hierarchy_A"]
+    for row in rows:
+        for name in trainer.SPLIT_METRICS:
+            assert isinstance(row[f"train_{name}"], float)
+        assert not any(k.startswith("heldout_") for k in row)
+        assert row["train_Q"] == pytest.approx(row["train_dist_corr"] + 1.5 * abs(row["train_hierarchy_B"]))
+        assert 0.0 <= row["train_coverage"] <= 1.0 and row["lr"] > 0 and row["curvature"] == 1.0
+    summary = run.summary()
+    assert summary["best_train_Q"] == max(r["train_Q"] for r in rows)
+
+
+def test_heldout_metrics_when_train_fraction_below_one():
+    run = make_run("ternary_vae", TINY | {"data.train_fraction": 0.8}, epochs=3, seed=0)
+    rows = [run.train_epoch() for _ in range(3)]
+    for name in trainer.SPLIT_METRICS:
+        assert f"heldout_{name}" in rows[-1]
+    assert len(run.split.heldout) == 3936
+    assert math.isfinite(rows[-1]["heldout_hierarchy_B"]) and math.isnan(rows[-1]["heldout_r_v9"])
+    assert rows[-1]["heldout_hierarchy_B"] != rows[-1]["train_hierarchy_B"]
+    # the split does not depend on the trial seed
+    other = make_run("ternary_vae", TINY | {"data.train_fraction": 0.8}, epochs=3, seed=5)
+    assert other.split.heldout.tolist() == run.split.heldout.tolist()
+
+
+def test_resume_is_exact(tmp_path):
+    straight = make_run("ternary_vae", TINY, epochs=5, seed=1)
+    rows_straight = [straight.train_epoch() for _ in range(5)]
+
+    first = make_run("ternary_vae", TINY, epochs=5, seed=1)
+    rows = [first.train_epoch() for _ in range(3)]
+    first.save(tmp_path)
+    del first
+    resumed = load_run("ternary_vae", tmp_path)
+    assert resumed.epoch == 3
+    rows += [resumed.train_epoch() for _ in range(2)]
+    assert [_metrics(r) for r in rows] == [_metrics(r) for r in rows_straight]
+    assert resumed.summary()["best_train_Q"] == straight.summary()["best_train_Q"]
+
+
+def test_non_finite_loss_raises_diverged_error():
+    run = make_run("ternary_vae", TINY | {"coverage.lr": 1e30}, epochs=3, seed=0)
+    with pytest.raises(DivergedError, match=r"epoch \d+: loss term"):
+        for _ in range(3):
+            run.train_epoch()
+
+
+def test_cli_resume_gives_the_same_rows_as_a_straight_run(tmp_path):
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "tvae.train", "--quiet", *args], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    cli("--preset", "tiny", "--epochs", "4", "--out", str(tmp_path / "a"))
+    cli("--preset", "tiny", "--epochs", "2", "--out", str(tmp_path / "b"), "--checkpoint-every", "2")
+    cli("--out", str(tmp_path / "b"), "--resume", "--epochs", "4")
+    a = pq.read_table(tmp_path / "a" / "epochs.parquet").drop(["epoch_seconds", "wall_time"]).to_pylist()
+    b = pq.read_table(tmp_path / "b" / "epochs.parquet").drop(["epoch_seconds", "wall_time"]).to_pylist()
+    assert a == b and [r["epoch"] for r in a] == [0, 1, 2, 3]
+    final = json.loads((tmp_path / "b" / "final.json").read_text())
+    assert final["epoch"] == 3 and final["status"] == "completed" and "best_train_Q" in final
+    assert (tmp_path / "b" / "config.yaml").read_text().startswith("preset: tiny")
