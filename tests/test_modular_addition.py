@@ -174,7 +174,7 @@ PHASES = {  # trial_id: (overrides, expected class); measured in docs/positive-c
     "memorization": ({"optim.weight_decay": 0.0, "data.train_fraction": 0.3}, "memorization"),
     "comprehension": ({"optim.weight_decay": 1.0, "data.train_fraction": 0.9}, "comprehension"),
 }
-PHASE_EPOCHS = 220
+PHASE_EPOCHS = 170
 
 
 def _write_trial(root, study, trial_id, rows):

@@ -55,7 +55,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    hidden: int = 128                                   # width of the hidden layer
+    hidden: int = 256                                   # width of the hidden layer
     activation: Literal["square", "relu", "gelu"] = "square"
     init_scale: float = 1.0                             # multiplies every initial weight (Omnigrok's α)
 
