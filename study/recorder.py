@@ -141,8 +141,11 @@ def read_epochs(location: StudyLocation, columns: Iterable[str] | None = None) -
     tables = []
     for trial_id in trial_ids(location):
         for _first, _last, path in list_parts(location, trial_id):
-            with location.fs.open_input_file(path) as handle:
-                tables.append(pq.read_table(handle, columns=list(columns) if columns else None))
+            try:
+                with location.fs.open_input_file(path) as handle:
+                    tables.append(pq.read_table(handle, columns=list(columns) if columns else None))
+            except (pa.ArrowInvalid, OSError) as exc:   # torn or corrupt: name the file, never skip it
+                raise ValueError(f"epoch part {path} (trial {trial_id}) is unreadable: {exc}") from None
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="permissive")

@@ -78,6 +78,56 @@ def _write_marker(location: StudyLocation, trial_id: str, attempt: int, info: di
     location.write_atomic(path, json.dumps(record, sort_keys=True, default=str).encode())
 
 
+def _checkpoint_chain(checkpoint) -> list:
+    """The trial's latest checkpoint, then its older ones still stored (newest first)."""
+    import re
+
+    import pyarrow.fs as pafs
+
+    chain = [checkpoint]
+    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    pattern = re.compile(r"checkpoint_(\d+)$")
+    current = pattern.match(name)
+    if not current:
+        return chain
+    selector = pafs.FileSelector(parent, allow_not_found=True)
+    older = []
+    for info in checkpoint.filesystem.get_file_info(selector):
+        match = pattern.match(info.base_name)
+        if info.type == pafs.FileType.Directory and match and int(match.group(1)) < int(current.group(1)):
+            older.append((int(match.group(1)), info.path))
+    chain += [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for _n, path in sorted(older, reverse=True)]
+    return chain
+
+
+def _restore(settings: TrialSettings, checkpoint) -> tuple[Any, str | None, list[str]]:
+    """The run restored from the trial's latest checkpoint; if that one is unreadable, from the newest older
+    one that is intact; ``(None, None, repairs)`` when none is (the trial then starts over). Every damaged
+    checkpoint is named in ``repairs`` (and printed): nothing is skipped silently."""
+    import sys
+
+    from tvae import tasks
+
+    repairs: list[str] = []
+    if checkpoint is None:
+        return None, None, repairs
+    for candidate in _checkpoint_chain(checkpoint):
+        try:
+            with candidate.as_directory() as directory:
+                run = tasks.load_run(settings.task, Path(directory) / RUN_SUBDIR, device=settings.device)
+            if repairs:
+                repairs.append(f"continued from the intact checkpoint {candidate.path} (epoch {run.epoch})")
+            break
+        except Exception as exc:  # a torn or corrupt checkpoint: any error of the loader
+            repairs.append(f"checkpoint {candidate.path} is unreadable ({type(exc).__name__}: {exc})")
+    else:
+        run, candidate = None, None
+        repairs.append("no intact checkpoint left: the trial starts over from epoch 0")
+    for line in repairs:
+        print(f"[study] trial {tune.get_context().get_trial_id()}: {line}", file=sys.stderr, flush=True)
+    return run, None if candidate is None else candidate.path, repairs
+
+
 def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     import torch
 
@@ -91,15 +141,13 @@ def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     attempt = _next_attempt(location, trial_id, params)
 
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            run = tasks.load_run(settings.task, Path(directory) / RUN_SUBDIR, device=settings.device)
-    else:
+    run, used, repairs = _restore(settings, checkpoint)
+    if run is None:
         run = tasks.make_run(settings.task, overrides, epochs=settings.epochs, seed=settings.seed,
                              device=settings.device)
     recorder.truncate_parts(location, trial_id, from_epoch=run.epoch)
     _write_marker(location, trial_id, attempt, {"params": params, "start_epoch": run.epoch,
-                                                "from_checkpoint": checkpoint is not None})
+                                                "from_checkpoint": used, "repairs": repairs})
 
     buffer: list[dict[str, Any]] = []
     while run.epoch < run.epochs:

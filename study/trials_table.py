@@ -101,5 +101,8 @@ def read(location: StudyLocation) -> pa.Table | None:
     path = location.join(TRIALS_PARQUET)
     if not location.exists(path):
         return None
-    with location.fs.open_input_file(path) as handle:
-        return pq.read_table(handle)
+    try:
+        with location.fs.open_input_file(path) as handle:
+            return pq.read_table(handle)
+    except (pa.ArrowInvalid, OSError) as exc:   # torn or corrupt: name the file
+        raise ValueError(f"{path} is unreadable: {exc}") from None

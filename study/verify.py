@@ -280,6 +280,9 @@ def _check_params(location: StudyLocation, trials: list[dict[str, Any]] | None, 
                 markers[int(base)] = json.loads(data)
             except ValueError as exc:
                 report.add("files", f"attempt marker {path} is not valid JSON: {exc}")
+        for number, marker in sorted(markers.items()):
+            if marker.get("repairs"):
+                report.notes.append(f"trial {trial_id}, attempt {number}: " + "; ".join(marker["repairs"]))
         reference = _normalise_params(markers[min(markers)]["params"]) if markers else None
         for number, marker in sorted(markers.items()):
             diff = _diff(reference, _normalise_params(marker.get("params", {})))
