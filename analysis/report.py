@@ -31,8 +31,7 @@ import polars as pl
 from analysis import figures
 from analysis import metrics as M
 from analysis import trials as T
-from analysis.detect import EVENT_SCHEMA, KEYS, auto_window, grokking, resolve_grokking_rule
-from analysis.detect import events as detect_events
+from analysis.detect import EVENT_SCHEMA, KEYS, auto_window, collect_all_events, resolve_grokking_rule
 from analysis.rules import DETECTOR_VERSION, GrokkingRule, PlateauRule, TransitionRule
 from analysis.scan import ScanError, scan
 
@@ -146,13 +145,8 @@ def compute(options: ReportOptions) -> ReportData:
     if metric is not None:
         best = pl.col(metric).max() if mode == "max" else pl.col(metric).min()
         per_trial += [best.alias(f"best_{metric}"), pl.col(metric).drop_nulls().last().alias(f"last_{metric}")]
-    queries = [lf.group_by(KEYS).agg(per_trial),
-               detect_events(lf, pairs=pairs, plateau=prule, transition=trule, grokking_rule=grule)]
-    queries += [grokking(lf, p, rule=grule) for p in pairs]
-    collected = pl.collect_all(queries, engine="in-memory")
-    summary, events = collected[0], collected[1]
-    table = pl.concat(collected[2:]) if pairs else pl.DataFrame(schema={**{k: pl.String for k in KEYS},
-                                                                       "pair": pl.String, "class": pl.String})
+    table, events, summary = collect_all_events(lf, pairs=pairs, plateau=prule, transition=trule,
+                                                grokking_rule=grule, extra=[lf.group_by(KEYS).agg(per_trial)])
     if not pairs:
         notes.append("No train_<m>/heldout_<m> pair in the data: no grokking classification (runs without a "
                      "held-out split get plateaus and transitions only).")

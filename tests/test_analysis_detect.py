@@ -6,6 +6,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from analysis import detect
 from analysis.rules import DETECTOR_VERSION
@@ -180,3 +181,13 @@ def test_many_studies_keep_trials_apart():
     b = b.with_columns(pl.lit("t00000-grokking").alias("trial_id"))  # same id in another study
     table = detect.grokking(pl.concat([a, b]).lazy(), "acc").collect().sort("study")
     assert table["class"].to_list() == ["grokking", "memorization"]
+
+
+def test_collect_all_events_equals_the_detectors_run_one_by_one(curves: pl.DataFrame):
+    lf = curves.lazy()
+    table, ev = detect.collect_all_events(lf)
+    alone = pl.concat([detect.grokking(lf, p) for p in ("acc", "loss")]).collect()
+    assert_frame_equal(table.sort("study", "trial_id", "pair"), alone.sort("study", "trial_id", "pair"))
+    one_by_one = detect.events(lf).collect()
+    key = ["study", "trial_id", "epoch", "event", "metric", "rule"]
+    assert_frame_equal(ev.sort(key), one_by_one.sort(key), check_exact=False, rel_tol=1e-9)  # sums' order
