@@ -332,16 +332,20 @@ def resolve_grokking_rule(pair: str, rule: GrokkingRule,
     return spec.direction, GrokkingRule(**{**rule.__dict__, **filled})
 
 
+def _check_pair(schema: Mapping[str, Any], pair: str) -> None:
+    tr, ho = M.TRAIN + pair, M.HELDOUT + pair
+    if tr not in schema or ho not in schema:
+        raise ValueError(f"pair {pair!r} needs columns {tr} and {ho}; pairs in the data: "
+                         f"{', '.join(M.pairs(schema)) or 'none'}")
+
+
 def grokking(lf: pl.LazyFrame, pair: str = "acc", *, rule: GrokkingRule | Mapping | None = None,
              directions: Mapping[str, str] | None = None, **params: Any) -> pl.LazyFrame:
     """One row per trial for the pair `train_<pair>`/`heldout_<pair>`: study, trial_id, pair, class, t_mem,
     t_gen, delay, ungrokked, t_ungrok, n_epochs, last_epoch, train_final, heldout_final, heldout_best,
     heldout_at_mem, train_at_mem, heldout_at_gen, rule, params."""
     tr, ho = M.TRAIN + pair, M.HELDOUT + pair
-    schema = dict(lf.collect_schema())
-    if tr not in schema or ho not in schema:
-        raise ValueError(f"pair {pair!r} needs columns {tr} and {ho}; pairs in the data: "
-                         f"{', '.join(M.pairs(schema)) or 'none'}")
+    _check_pair(dict(lf.collect_schema()), pair)
     direction, r = resolve_grokking_rule(pair, _rule(GrokkingRule, rule, params), directions)
     up = direction == "max"
 
@@ -465,6 +469,8 @@ def collect_all_events(lf: pl.LazyFrame, *, pairs: Sequence[str] | None = None, 
     collects. The in-memory engine takes about half the CPU of the streaming one for these window queries."""
     schema = dict(lf.collect_schema())
     pairs = list(pairs) if pairs is not None else M.pairs(schema)
+    for pair in pairs:
+        _check_pair(schema, pair)
     rule, directions = options.get("grokking_rule"), options.get("directions")
     metrics = options.get("metrics")
     metrics = list(metrics) if metrics is not None else M.metric_columns(schema, directions)
@@ -558,13 +564,17 @@ def _main(argv: Sequence[str] | None = None) -> int:
         grule = GrokkingRule(train_threshold=args.train_threshold, heldout_threshold=args.heldout_threshold,
                              ungrok_threshold=args.ungrok_threshold, hold=args.hold, ungrok_hold=args.hold,
                              min_delay=args.min_delay, delay_ratio=args.delay_ratio)
-        tables = [grokking(lf, pair, rule=grule, directions=directions) for pair in pairs]
-        table = pl.concat(tables).collect(engine="in-memory") if tables else None
         ev = None
-        if not args.no_events:
-            ev = events(lf, metrics=args.metric, pairs=pairs, directions=directions,
-                        plateau=PlateauRule(window=window, min_span=max(window, round(1.5 * window))),
-                        transition=TransitionRule(window=window), grokking_rule=grule).collect(engine="in-memory")
+        if args.no_events:
+            tables = [grokking(lf, pair, rule=grule, directions=directions) for pair in pairs]
+            table = pl.concat(tables).collect(engine="in-memory") if tables else None
+        else:
+            table, ev = collect_all_events(
+                lf, pairs=pairs, metrics=args.metric, directions=directions, grokking_rule=grule,
+                plateau=PlateauRule(window=window, min_span=max(window, round(1.5 * window))),
+                transition=TransitionRule(window=window))
+        if not pairs:
+            table = None
     except (ScanError, ValueError, pl.exceptions.PolarsError, OSError) as exc:
         print(f"analysis.detect: error: {exc}", file=sys.stderr)
         return 2
