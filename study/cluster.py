@@ -36,29 +36,39 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def start(address: str | None, *, dashboard_port: int = 8265, num_cpus: int | None = None,
+def start(address: str | None, *, dashboard_port: int | None = None, num_cpus: int | None = None,
           num_gpus: int | None = None) -> RayInfo:
     """Start a private local Ray (``address=None``) or join the cluster at ``address``."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        # `ray start --head` turns token authentication on when a token exists, but ray.init with an explicit
+        # address never does: do what `ray start` does, unless the user chose a mode (RAY_AUTH_MODE).
+        # (Before `import ray`: Ray reads the mode once, when it loads.)
+        if "RAY_AUTH_MODE" not in os.environ and (TOKEN_PATH.exists() or os.environ.get("RAY_AUTH_TOKEN")
+                                                  or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+            os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
         context = ray.init(address=address, logging_level=logging.WARNING)
         url = context.dashboard_url
         return RayInfo(local=False, dashboard_url=f"http://{url}" if url else None, address=address)
     # "local" (not None/"auto"): never attach to another Ray instance running on this machine
-    context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=free_port(dashboard_port), num_cpus=num_cpus, num_gpus=num_gpus,
-                       logging_level=logging.WARNING)
+    # no port given: Ray takes 8265, or the next free one (it retries); a given port must be free
+    port = {"dashboard_port": free_port(dashboard_port)} if dashboard_port else {}
+    context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **port,
+                       num_cpus=num_cpus, num_gpus=num_gpus, logging_level=logging.WARNING)
     url = context.dashboard_url
     return RayInfo(local=True, dashboard_url=f"http://{url}" if url else None,
                    address=context.address_info.get("gcs_address", ""))
 
 
 def dashboard_help(info: RayInfo) -> str:
+    lines = [] if info.local else [f"Running on (joined) the Ray cluster at {info.address}."]
     if not info.dashboard_url:
-        return "Ray dashboard: not available (install ray[default])."
-    lines = [f"Ray dashboard: {info.dashboard_url}"]
+        lines.append("Ray dashboard: not available (the cluster runs none; install ray[default] for it).")
+        return "\n".join(lines)
+    lines.append(f"Ray dashboard: {info.dashboard_url}")
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled":
         lines.append(f"  it asks for a token: paste the output of `ray get-auth-token` (the file {TOKEN_PATH}); "
                      "for its HTTP API send `Authorization: Bearer <token>`.")

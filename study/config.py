@@ -36,7 +36,7 @@ class StudyConfig:
     checkpoint_every: int = 10
     max_failures: int = 2
     threads_per_trial: int = 1
-    dashboard_port: int = 8265
+    dashboard_port: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -278,6 +278,7 @@ def _run(space, config, location, resume: bool) -> int:
             print("No Ray Tune state stored yet: starting the trials from the beginning.")
         tuner, _ = tune_driver.build_tuner(space, config, location, resume)
         outcome = tune_driver.fit(tuner, config.trials)
+        cleaned = None if outcome.interrupted else tune_driver.finish_study(location, outcome)
     except KeyboardInterrupt:
         from study.layout import STUDY_JSON
 
@@ -288,13 +289,13 @@ def _run(space, config, location, resume: bool) -> int:
                   file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        cluster.stop()
+        if "ray" in sys.modules:   # absent when Ctrl-C interrupted `import ray` itself: nothing to stop
+            cluster.stop()
 
     if outcome.interrupted:
         print(f"\nStudy interrupted: {outcome.finished} of {outcome.requested} trials finished. "
               f"Continue it with:\n  {resume_cmd}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    cleaned = tune_driver.finish_study(location, outcome)
     return _report_end(location, outcome, cleaned, resume_cmd)
 
 
@@ -317,5 +318,15 @@ def _report_end(location, outcome, cleaned, resume_cmd: str) -> int:
     return EXIT_OK
 
 
+def _cli() -> int:
+    """The command line: a Ctrl-C before the study is set up (imports, argument checks) exits cleanly too."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("\nInterrupted before the study started: nothing was stored; run the same command again.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli())

@@ -1,0 +1,278 @@
+"""End-to-end studies with real processes, a real local Ray, real signals, real Parquet and Optuna storage.
+
+Each study runs as ``python -m study.run`` in its own session; a killed driver's leftovers are found by that
+session id and ended by pid (never a global ``ray stop``: other Ray instances may run on this machine).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from study import recorder
+from study.layout import StudyLocation
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+class Driver:
+    """A ``python -m study.run`` process in its own session, its output in a file."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self.handle = open(log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=REPO, env=_env(),
+                                     stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.handle.close()
+
+    def resume_command(self) -> list[str]:
+        match = re.search(r"^\s+(python -m study\.run .*--resume.*)$", self.output, re.MULTILINE)
+        assert match, f"no resume command printed:\n{self.output[-3000:]}"
+        return shlex.split(match.group(1))[3:]  # drop "python -m study.run"
+
+    def end_session(self) -> None:
+        """Kill every process left in this driver's session (Ray agents survive a SIGKILLed driver)."""
+        end_session(self.proc.pid)
+
+
+def end_session(sid: int) -> None:
+    for _ in range(3):
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry))
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
+def _wait_until(predicate, timeout: float, what: str, driver: Driver | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if driver is not None and driver.proc.poll() is not None:
+            raise AssertionError(f"driver exited ({driver.proc.returncode}) while waiting for {what}:\n"
+                                 f"{driver.output[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _statuses(study_dir: Path) -> dict[str, str]:
+    path = study_dir / "trials.parquet"
+    if not path.exists():
+        return {}
+    rows = pq.read_table(path).to_pylist()
+    return {r["trial_id"]: r["status"] for r in rows}
+
+
+def _assert_complete_study(study_dir: Path, trials: int, epochs: int) -> None:
+    location = StudyLocation.open(str(study_dir.parent), study_dir.name)
+    table = recorder.read_epochs(location)
+    pairs = list(zip(table["trial_id"].to_pylist(), table["epoch"].to_pylist()))
+    assert len(pairs) == len(set(pairs)) == trials * epochs, "each (trial, epoch) must appear exactly once"
+    trials_rows = pq.read_table(study_dir / "trials.parquet").to_pylist()
+    assert len(trials_rows) == trials
+    assert {r["status"] for r in trials_rows} == {"COMPLETED"}
+    ids = {r["trial_id"] for r in trials_rows}
+    assert {t for t, _ in pairs} == ids
+    for trial_id in ids:
+        assert sorted(e for t, e in pairs if t == trial_id) == list(range(epochs))
+    storage = JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
+    study = optuna.load_study(study_name=study_dir.name, storage=storage)
+    by_tune_id = {t.user_attrs.get("tune_trial_id"): t for t in study.trials}
+    assert ids <= set(by_tune_id), "Optuna's storage must hold every trial"
+    assert all(by_tune_id[i].state.name == "COMPLETE" for i in ids)
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")], "no zombie RUNNING trials"
+    params = {json.dumps({k: v for k, v in r.items() if k.startswith("param_")}, sort_keys=True)
+              for r in trials_rows}
+    assert len(params) == trials, "each trial has its own parameters"
+
+
+# --------------------------------------------------------------------------- the smoke study + the dashboard
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    """The issue's acceptance run, probing the Ray dashboard while it runs."""
+    root = tmp_path_factory.mktemp("smoke")
+    driver = Driver(["--space", "smoke", "--trials", "6", "--epochs", "5", "--name", "s1",
+                     "--results", str(root), "--checkpoint-every", "2"], root / "driver.log")
+    probe: dict[str, object] = {}
+    try:
+        _wait_until(lambda: re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", driver.output), 120,
+                    "the dashboard URL", driver)
+        url = re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", driver.output).group(1)
+        with urllib.request.urlopen(url + "/", timeout=10) as response:
+            probe["page"] = response.status
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip() \
+            if (Path.home() / ".ray" / "auth_token").exists() else ""
+        request = urllib.request.Request(url + "/api/version", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            probe["api"] = json.loads(response.read())
+        probe["running"] = driver.proc.poll() is None
+        probe["rc"] = driver.wait(timeout=400)
+    finally:
+        if driver.proc.poll() is None:
+            os.killpg(driver.proc.pid, signal.SIGKILL)
+        driver.end_session()
+    return root / "s1", driver, probe
+
+
+def test_dashboard_answers_on_loopback_while_the_study_runs(smoke_study):
+    _, driver, probe = smoke_study
+    assert probe["running"] is True
+    assert probe["page"] == 200
+    assert "ray_version" in probe["api"]
+    assert "ray get-auth-token" in driver.output
+
+
+def test_smoke_study_records_one_row_per_trial_and_epoch(smoke_study):
+    study_dir, driver, probe = smoke_study
+    assert probe["rc"] == 0, driver.output[-3000:]
+    _assert_complete_study(study_dir, trials=6, epochs=5)
+    assert "python -m analysis.report" in driver.output
+    record = json.loads((study_dir / "study.json").read_text())
+    assert record["arguments"]["trials"] == 6 and record["schema_version"] == 1 and "ray" in record["versions"]
+    status = subprocess.run([sys.executable, "-m", "study.status", str(study_dir)], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "6 completed" in status.stdout and "30 epoch rows" in status.stdout
+
+
+# ------------------------------------------------------------------------------- interrupt, then resume
+
+def _running_with_checkpoint(study_dir: Path) -> str | None:
+    """A RUNNING trial whose first checkpoint (and so its first part file) is on disk, once a trial finished."""
+    statuses = _statuses(study_dir)
+    if "COMPLETED" not in statuses.values():
+        return None
+    location = StudyLocation.open(str(study_dir.parent), study_dir.name)
+    for trial_id, status in statuses.items():
+        parts = recorder.list_parts(location, trial_id) if status == "RUNNING" else []
+        if parts and parts[-1][1] < 3:   # checkpointed, with most of its epochs still to run
+            return trial_id
+    return None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_interrupted_study_resumes_to_exactly_the_requested_trials(tmp_path, sig):
+    trials, epochs = 3, 8
+    study_dir = tmp_path / "k"
+    driver = Driver(["--space", "smoke", "--trials", str(trials), "--epochs", str(epochs), "--name", "k",
+                     "--results", str(tmp_path), "--checkpoint-every", "2"], tmp_path / "first.log")
+    try:
+        _wait_until(lambda: _running_with_checkpoint(study_dir), 300, "a finished and a checkpointed trial",
+                    driver)
+        continuing = _running_with_checkpoint(study_dir)
+        time.sleep(2.0)  # let the driver register that checkpoint (Tune persists it before reporting it)
+        if sig == signal.SIGKILL:
+            os.killpg(driver.proc.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+        else:
+            os.kill(driver.proc.pid, signal.SIGINT)
+            assert driver.wait(timeout=120) == 130, driver.output[-3000:]
+            assert "Study interrupted" in driver.output
+    finally:
+        if driver.proc.poll() is None:
+            os.killpg(driver.proc.pid, signal.SIGKILL)
+        driver.end_session()
+    finished_before = {t for t, s in _statuses(study_dir).items() if s == "COMPLETED"}
+    args = driver.resume_command()
+    assert "--resume" in args
+    plan = subprocess.run([sys.executable, "-m", "study.run", *args, "--dry-run"], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert f"{continuing}" in plan.stdout and "skip" in plan.stdout
+    second = Driver(args, tmp_path / "second.log")
+    try:
+        assert second.wait(timeout=400) == 0, second.output[-3000:]
+    finally:
+        second.end_session()
+    _assert_complete_study(study_dir, trials=trials, epochs=epochs)
+    assert finished_before <= set(_statuses(study_dir))
+    table = recorder.read_epochs(StudyLocation.open(str(tmp_path), "k"))
+    rows = [r for r in table.select(["trial_id", "epoch", "attempt"]).to_pylist() if r["trial_id"] == continuing]
+    attempts = [r["attempt"] for r in sorted(rows, key=lambda r: r["epoch"])]
+    # it was cut off: its last epochs come from a later attempt, and no older attempt's row follows a newer one
+    assert attempts[-1] >= 1 and attempts == sorted(attempts), attempts
+    if sig == signal.SIGINT:
+        # Ctrl-C makes Tune store its state first: the trial continued from its checkpoint, keeping its rows
+        assert attempts[:2] == [0, 0], attempts
+
+
+# ----------------------------------------------------------------------- joining a separately started cluster
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_study_joins_an_existing_cluster_through_address(tmp_path):
+    port = _free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}",
+                             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={_free_port()}", "--num-cpus=2"],
+                            cwd=REPO, env=_env(), stdout=open(tmp_path / "head.log", "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_until(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(errors="replace"), 120,
+                    "the Ray head")
+        driver = Driver(["--space", "smoke", "--trials", "2", "--epochs", "2", "--name", "c",
+                         "--results", f"file://{tmp_path}/shared", "--address", f"127.0.0.1:{port}"],
+                        tmp_path / "driver.log")
+        try:
+            assert driver.wait(timeout=400) == 0, driver.output[-3000:]
+        finally:
+            driver.end_session()
+        assert "--address" in driver.resume_command()
+        assert f"Running on (joined) the Ray cluster at 127.0.0.1:{port}" in driver.output
+        _assert_complete_study(tmp_path / "shared" / "c", trials=2, epochs=2)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        end_session(head.pid)
