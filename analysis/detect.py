@@ -66,6 +66,9 @@ def _frame(lf: pl.LazyFrame, columns: Sequence[str]) -> pl.LazyFrame:
     duplicates, the row of the highest `attempt` is kept), plus the trial bookkeeping the window helpers use:
     `_g` (integer trial id), `_row` (global row), `_i` (row within the trial), `_n` (rows of the trial)."""
     schema = _require(lf, [*KEYS, "epoch", *columns])
+    wrong = [f"{c} ({schema[c]})" for c in columns if not (schema[c].is_numeric() or schema[c] == pl.Boolean)]
+    if wrong:
+        raise ValueError(f"metric column(s) {', '.join(wrong)} are not numeric")
     if PREPARED in schema:  # already a `prepare`d frame: several detectors share its sort
         return lf
     order = [*KEYS, "epoch"]

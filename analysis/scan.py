@@ -79,12 +79,22 @@ def _union_schema(files: Sequence[Path]) -> dict[str, pl.DataType]:
             schema = pl.read_parquet_schema(f)
         except Exception as exc:  # polars raises several kinds for a torn or foreign file
             raise ScanError(f"{f}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
+        _check_required_types(f, schema)
         for name, dtype in schema.items():
             if name not in union:
                 union[name] = dtype
             elif union[name] != dtype:
                 union[name] = _supertype(name, union[name], dtype, f)
     return union
+
+
+def _check_required_types(where: Path, schema) -> None:
+    checks = {"epoch": (lambda t: t.is_integer(), "an integer"),
+              "study": (lambda t: t in (pl.String, pl.Categorical), "a string"),
+              "trial_id": (lambda t: t in (pl.String, pl.Categorical) or t.is_integer(), "a string or an integer")}
+    for name, (ok, expected) in checks.items():
+        if name in schema and not ok(schema[name]):
+            raise ScanError(f"{where}: column {name!r} is {schema[name]}, expected {expected}")
 
 
 def _supertype(name: str, a: pl.DataType, b: pl.DataType, where: Path) -> pl.DataType:
@@ -123,10 +133,10 @@ def scan(source: PathLike | Sequence[PathLike], *, allow_empty: bool = False) ->
                         f"(required: {', '.join(REQUIRED)})")
     union["study"] = pl.String
     union["epoch"] = pl.Int64
-    union.pop("trial_id", None)
+    file_trial_id = union.pop("trial_id", None)
     kwargs = dict(hive_partitioning=True, hive_schema={"trial_id": pl.String}) if hive else {}
-    if not hive:
-        union["trial_id"] = pl.String
+    if not hive:  # integer ids are read as such and turned into strings below
+        union["trial_id"] = pl.Int64 if file_trial_id is not None and file_trial_id.is_integer() else pl.String
     lf = pl.scan_parquet(
         [str(f) for f in files], schema=union, missing_columns="insert",
         cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast"),

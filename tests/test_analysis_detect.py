@@ -171,6 +171,8 @@ def test_bad_arguments_are_refused_with_the_name(curves: pl.DataFrame):
         detect.grokking(lf, "Q")
     with pytest.raises(ValueError, match="nope"):
         detect.transitions(lf, "nope")
+    with pytest.raises(ValueError, match=r"phase \(String\) are not numeric"):
+        detect.plateaus(lf, "phase")
     with pytest.raises(ValueError, match="direction"):
         detect.grokking(lf.rename({"train_acc": "train_zz", "heldout_acc": "heldout_zz"}), "zz")
 

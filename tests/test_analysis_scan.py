@@ -164,3 +164,14 @@ def test_a_scan_keeps_its_file_list_when_new_files_appear(study_dir: Path):
     pq.write_table(_rows("s1", "c9", range(3), train_acc=1.0), folder / "part-0-2.parquet")
     assert lf.collect().height == 20
     assert scan(study_dir).collect().height == 23
+
+
+def test_required_column_types(tmp_path: Path):
+    ints = tmp_path / "int_ids.parquet"
+    pl.DataFrame({"study": ["s", "s"], "trial_id": [7, 7], "epoch": [0, 1], "train_acc": [0.1, 0.2]}).write_parquet(ints)
+    df = scan(ints).collect()
+    assert df.schema["trial_id"] == pl.String and df["trial_id"].to_list() == ["7", "7"]
+    text_epoch = tmp_path / "text_epoch.parquet"
+    pl.DataFrame({"study": ["s"], "trial_id": ["a"], "epoch": ["0"]}).write_parquet(text_epoch)
+    with pytest.raises(ScanError, match=r"text_epoch.parquet: column 'epoch' is String, expected an integer"):
+        scan(text_epoch)
