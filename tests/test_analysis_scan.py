@@ -175,3 +175,12 @@ def test_required_column_types(tmp_path: Path):
     pl.DataFrame({"study": ["s"], "trial_id": ["a"], "epoch": ["0"]}).write_parquet(text_epoch)
     with pytest.raises(ScanError, match=r"text_epoch.parquet: column 'epoch' is String, expected an integer"):
         scan(text_epoch)
+
+
+def test_analysis_never_imports_ray_torch_or_study():
+    code = ("import sys, analysis, analysis.detect, analysis.report, analysis.bench; "
+            "print(sorted(m for m in ('ray', 'torch', 'study', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "MPLBACKEND": "Agg"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
