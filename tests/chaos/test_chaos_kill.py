@@ -4,6 +4,7 @@ the final resume the study holds exactly the requested trials and every invarian
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -31,17 +32,21 @@ def _checkpoint_recorded(study_dir) -> bool:
     return b"checkpoint_0000" in _latest_state(study_dir)
 
 
-def _strike(driver, sig: int) -> None:
+def _strike(driver, sig: int) -> bool:
+    """Signal the driver, check how it ended; return whether it said there is a study to resume."""
     driver.signal(sig)
     rc = driver.wait(RUN_TIMEOUT)
+    driver.kill_group()   # what a killed job leaves behind goes too (Ray's own processes share its fate)
     if sig == signal.SIGKILL:
         assert rc == -signal.SIGKILL
-        driver.kill_group()   # what a killed job leaves behind goes too (Ray's own processes share its fate)
-    else:
-        out = driver.output()
-        assert rc == 130, out[-3000:]
-        assert "--resume" in out, out[-3000:]
-        driver.kill_group()
+        return True
+    out = driver.output()
+    assert rc == 130, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    if "nothing was stored" in out:
+        return False
+    assert "--resume" in out, out[-3000:]
+    return True
 
 
 def _finish(studies, results, name, trials=3):
@@ -58,13 +63,27 @@ def _continued_from_checkpoint(study_dir) -> bool:
 
 
 @pytest.mark.chaos
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_killed_during_start_up(studies, tmp_path, sig):
+@pytest.mark.parametrize("sig, moment", [(signal.SIGINT, "importing"), (signal.SIGTERM, "importing"),
+                                         (signal.SIGKILL, "ray-started")],
+                         ids=["SIGINT-importing", "SIGTERM-importing", "SIGKILL-ray-started"])
+def test_killed_during_start_up(studies, tmp_path, sig, moment):
+    """``importing``: 1.5 s after launch (Python imports, Ray starting); ``ray-started``: study.json is written
+    (Ray is up, Tune not started). Whatever was stored, the printed next step finishes the study."""
     results = tmp_path / "results"
-    driver = studies.start(*_args(results, "startup"))
-    wait_for(lambda: (results / "startup" / "study.json").exists(), STARTUP_TIMEOUT, "study.json", driver, 0.05)
-    _strike(driver, sig)
-    _finish(studies, results, "startup")
+    args = _args(results, "startup")
+    driver = studies.start(*args)
+    if moment == "importing":
+        time.sleep(1.5)
+    else:
+        wait_for(lambda: (results / "startup" / "study.json").exists(), STARTUP_TIMEOUT, "study.json", driver,
+                 0.05)
+    stored = _strike(driver, sig)
+    if stored:
+        _finish(studies, results, "startup")
+    else:   # interrupted before anything was stored: the same command starts the study
+        rc, out = studies.run(*args, timeout=RUN_TIMEOUT)
+        assert rc == 0, out[-4000:]
+        assert_invariants(results / "startup")
 
 
 @pytest.mark.chaos
