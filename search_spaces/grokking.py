@@ -38,8 +38,9 @@ def suggest_schedule(trial: optuna.Trial, epochs: int) -> dict[str, Any]:
 
 def define(trial: optuna.Trial) -> dict[str, Any]:
     epochs = budget(trial, SPACE.epochs)
-    e1 = trial.suggest_int("coverage_epochs", 5, 40)
-    structure = trial.suggest_int("structure_epochs", 10, 150)
+    # phase lengths scale with the budget (300 epochs: coverage 15–60, structure 30–150)
+    e1 = trial.suggest_int("coverage_epochs", max(2, epochs // 20), max(3, epochs // 5))
+    structure = trial.suggest_int("structure_epochs", max(2, epochs // 10), max(3, epochs // 2))
     overrides: dict[str, Any] = {
         K.LR: trial.suggest_float("lr", 1e-4, 3e-3, log=True),
         K.WEIGHT_DECAY: trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
