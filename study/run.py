@@ -164,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                 return _fail("--resume needs --name (and --results if the study is not under results/)")
             location = StudyLocation.open(given.get("results", "results"), given["name"])
             if not location.exists(location.join(STUDY_JSON)):
-                return _fail(f"nothing to resume: no study at {location.display}")
+                if "space" not in given:
+                    return _fail(f"nothing to resume: no study at {location.display} "
+                                 "(give --space to start it, --resume then continues it if it exists)")
+                args.resume = False   # the idempotent form: start it now, resume it next time
+                print(f"No study at {location.display} yet: starting it.")
+        if args.resume:
             space, config = _resumed_config(given, location, parse_sets(args.set))
         else:
             space, config = _new_config(given, parse_sets(args.set))

@@ -137,3 +137,12 @@ def test_status_json_reads_a_stored_study(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["rows"] == 2 and info["counts"] == {"COMPLETED": 1}
     assert info["best"]["trial_id"] == "t1" and info["best"]["value"] == 1.0
+
+
+def test_resume_with_a_space_starts_a_missing_study(tmp_path, capsys):
+    """`--space S --name N --resume` is the idempotent form (what `make study` uses): start, or continue."""
+    assert study_run.main(["--space", "smoke", "--name", "fresh", "--results", str(tmp_path), "--resume",
+                           "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "starting it" in out and "New study 'fresh'" in out
+    assert not (tmp_path / "fresh" / "study.json").exists()   # a dry run writes nothing
