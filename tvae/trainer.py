@@ -33,6 +33,15 @@ BEST_DIRECTION = {"coverage": max, "hierarchy_A": min, "hierarchy_B": min, "dist
                   "padic_dist_corr": max, "Q": max}
 
 
+def make_optimizer(cfg: Config, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """RiemannianAdam (geoopt) or torch Adam with coupled L2: identical updates on Euclidean parameters."""
+    if cfg.optim.optimizer == "riemannian_adam":
+        import geoopt  # lazy: its import is slow
+
+        return geoopt.optim.RiemannianAdam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, foreach=True)
+
+
 def phase_of(cfg: Config, epoch: int) -> str:
     if epoch < cfg.phases.structure_start:
         return "coverage"
@@ -105,9 +114,7 @@ class TernaryRun:
                   for name in TernaryVAE.MODULES]
         if cfg.model.learnable_curvature:
             groups.append({"params": [self.model.raw_curvature], "name": "curvature"})
-        import geoopt  # lazy: its import is slow
-
-        self.optimizer = geoopt.optim.RiemannianAdam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = make_optimizer(cfg, groups)
         self.homeostasis = Homeostasis(cfg.homeostasis, start_epoch=cfg.phases.structure_start)
         self.r_orig: torch.Tensor | None = None      # reference radii of z_B at the start of the structure phase
         self._cache_A: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -115,6 +122,7 @@ class TernaryRun:
         self.best_epochs: dict[str, int] = {}
         self.last_row: dict[str, Any] | None = None
         self.events: list[str] = []
+        self.timings: dict[str, float] = {}           # seconds of the last epoch: train_s, eval_s
         self._rng = self._capture_rng()
 
     # ------------------------------------------------------------------ RNG isolation
@@ -146,7 +154,8 @@ class TernaryRun:
         self.model.eval()
         with torch.no_grad():
             mu_B, _ = self.model.encoder_B(self.trits)
-            self.r_orig = radius(self.model.proj_B(mu_B), self.model.curvature()).clone()
+            # upstream's reference for the richness ratio: the Euclidean norm of z_B at the start (see README)
+            self.r_orig = self.model.proj_B(mu_B).norm(dim=-1).clone()
         self._cache_A = None
 
     def _encoder_A_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,6 +204,7 @@ class TernaryRun:
         return row
 
     def _train_epoch(self) -> dict[str, Any]:
+        t_start = time.perf_counter()
         cfg, model = self.cfg, self.model
         phase = phase_of(cfg, self.epoch)
         if phase != "coverage" and self.r_orig is None:
@@ -219,6 +229,7 @@ class TernaryRun:
 
         # --- the one host synchronisation of the training part
         term_values = (sums / steps).tolist()
+        t_train = time.perf_counter()
         grad_norm = float(grad_sum) / steps
         terms = dict(zip(TERMS, term_values))
         for name, value in terms.items():
@@ -229,6 +240,7 @@ class TernaryRun:
                         for name in TernaryVAE.MODULES}
         row: dict[str, Any] = {"epoch": self.epoch, "phase": phase}
         row.update(self._evaluate(phase))
+        self.timings = {"train_s": t_train - t_start, "eval_s": time.perf_counter() - t_train}
         row["loss"] = sum(term_values)
         row.update({f"loss_{k}": v for k, v in terms.items()})
         row["lr"] = lr
@@ -447,7 +459,7 @@ class TernaryRun:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for st in self.optimizer.state.values():   # torch restores geoopt's int step as a float tensor
-            if torch.is_tensor(st.get("step")):
+            if self.cfg.optim.optimizer == "riemannian_adam" and torch.is_tensor(st.get("step")):
                 st["step"] = int(st["step"].item())
         self.homeostasis.load_state_dict(state["homeostasis"])
         self._rng = state["rng"]

@@ -1,0 +1,67 @@
+"""``python -m tvae.bench``: time training and evaluation per epoch of the TernaryVAE trainer.
+
+    python -m tvae.bench [--device cpu|cuda] [--threads N] [--epochs N] [--preset v5_12_4] [--set KEY=VALUE ...]
+
+One coverage epoch runs first (not timed, it also warms up); then ``--epochs`` epochs are timed, the first half
+in the structure phase and the rest in the geometry phase (the phases that dominate a run). Prints a table of
+medians, then one JSON line with ``train_epoch_s``, ``eval_s``, ``epoch_s``, ``device``, ``threads``.
+``epoch_s`` is the median of the per-epoch sums (training + the full evaluation every epoch gets).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tvae.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=10, help="timed epochs (default 10)")
+    p.add_argument("--preset", default="v5_12_4")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tvae import config as config_mod, trainer
+
+    try:
+        overrides = dict(config_mod.parse_assignment(s) for s in args.sets)
+        overrides.update({"phases.structure_start": 1, "phases.geometry_start": 1 + args.epochs // 2})
+        cfg = config_mod.build(args.preset, overrides=overrides, epochs=1 + args.epochs, seed=0)
+        run = trainer.run_from_config(cfg, args.device)
+    except (config_mod.ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run.train_epoch()                                   # coverage epoch: warm-up, not timed
+    rows = []
+    for _ in range(args.epochs):
+        row = run.train_epoch()
+        rows.append((row["phase"], run.timings["train_s"], run.timings["eval_s"], row["epoch_seconds"]))
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    train = med([r[1] for r in rows])
+    ev = med([r[2] for r in rows])
+    total = med([r[1] + r[2] for r in rows])
+    print(f"tvae.bench  preset={args.preset} device={args.device} threads={args.threads} "
+          f"timed epochs={args.epochs} load={os.getloadavg()[0]:.2f}")
+    print(f"{'phase':<10}{'epochs':>7}{'train s':>10}{'eval s':>10}{'epoch s':>10}")
+    for phase in ("structure", "geometry"):
+        sel = [r for r in rows if r[0] == phase]
+        if sel:
+            print(f"{phase:<10}{len(sel):>7}{med([r[1] for r in sel]):>10.4f}{med([r[2] for r in sel]):>10.4f}"
+                  f"{med([r[1] + r[2] for r in sel]):>10.4f}")
+    print(f"{'all':<10}{len(rows):>7}{train:>10.4f}{ev:>10.4f}{total:>10.4f}")
+    print(json.dumps({"train_epoch_s": round(train, 5), "eval_s": round(ev, 5), "epoch_s": round(total, 5),
+                      "device": args.device, "threads": args.threads}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
