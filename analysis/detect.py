@@ -429,10 +429,11 @@ def events(lf: pl.LazyFrame, *, metrics: Sequence[str] | None = None, pairs: Seq
            grokking_rule: GrokkingRule | Mapping | None = None,
            directions: Mapping[str, str] | None = None) -> pl.LazyFrame:
     """All event rows: plateaus and transitions of `metrics` (default: every column with a known direction,
-    `analysis.metrics.metric_columns`) and the grokking events of `pairs` (default: every pair present)."""
+    `analysis.metrics.metric_columns`) and the grokking events of `pairs` (default: every pair present whose
+    metric has default thresholds, `analysis.metrics.classifiable_pairs`)."""
     schema = dict(lf.collect_schema())
     metrics = list(metrics) if metrics is not None else M.metric_columns(schema, directions)
-    pairs = list(pairs) if pairs is not None else M.pairs(schema)
+    pairs = list(pairs) if pairs is not None else M.classifiable_pairs(schema, directions)
     _require(lf, metrics)
     p = _rule(PlateauRule, plateau, {})
     t = _rule(TransitionRule, transition, {})
@@ -471,7 +472,7 @@ def collect_all_events(lf: pl.LazyFrame, *, pairs: Sequence[str] | None = None, 
     `options` go to `events` (metrics, plateau, transition, grokking_rule, directions). This is an edge: it
     collects. The in-memory engine takes about half the CPU of the streaming one for these window queries."""
     schema = dict(lf.collect_schema())
-    pairs = list(pairs) if pairs is not None else M.pairs(schema)
+    pairs = list(pairs) if pairs is not None else M.classifiable_pairs(schema, options.get("directions"))
     for pair in pairs:
         _check_pair(schema, pair)
     rule, directions = options.get("grokking_rule"), options.get("directions")
@@ -533,7 +534,8 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _parse_directions(items: Sequence[str]) -> dict[str, str]:
+def parse_directions(items: Sequence[str]) -> dict[str, str]:
+    """`["name=max", …]` (the CLIs' --direction) → {"name": "max"}; ValueError naming a bad item."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -559,10 +561,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        directions = _parse_directions(args.direction)
+        directions = parse_directions(args.direction)
         lf = scan(args.paths)
         schema = dict(lf.collect_schema())
-        pairs = args.pair if args.pair else M.pairs(schema)
+        pairs = args.pair if args.pair else M.classifiable_pairs(schema, directions)
         window = args.window if args.window else auto_window(lf)
         grule = GrokkingRule(train_threshold=args.train_threshold, heldout_threshold=args.heldout_threshold,
                              ungrok_threshold=args.ungrok_threshold, hold=args.hold, ungrok_hold=args.hold,

@@ -123,3 +123,14 @@ def pairs(schema: Mapping[str, object]) -> list[str]:
         return (2 if table_key(TRAIN + m) == "loss" else 1, found.index(m))
 
     return sorted(found, key=rank)
+
+
+def classifiable_pairs(schema: Mapping[str, object], overrides: Mapping[str, Direction] | None = None) -> list[str]:
+    """The `pairs` whose metric has a direction and default thresholds, i.e. that `grokking` can classify
+    without explicit thresholds (the default set for `events`, the CLIs and the report)."""
+    out = []
+    for m in pairs(schema):
+        spec = spec_for(TRAIN + m, overrides)
+        if spec and None not in (spec.train_threshold, spec.heldout_threshold, spec.ungrok_threshold):
+            out.append(m)
+    return out

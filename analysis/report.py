@@ -31,7 +31,8 @@ import polars as pl
 from analysis import figures
 from analysis import metrics as M
 from analysis import trials as T
-from analysis.detect import EVENT_SCHEMA, KEYS, auto_window, collect_all_events, resolve_grokking_rule
+from analysis.detect import (EVENT_SCHEMA, KEYS, parse_directions, auto_window, collect_all_events,
+                             resolve_grokking_rule)
 from analysis.rules import DETECTOR_VERSION, GrokkingRule, PlateauRule, TransitionRule
 from analysis.scan import ScanError, scan
 
@@ -52,6 +53,7 @@ class ReportOptions:
     top: int = 4                         # best trials and interesting trials per study in the curves
     window: int | None = None            # plateau/transition window; default auto_window
     title: str | None = None
+    directions: tuple[tuple[str, str], ...] = ()  # (metric, "max"|"min") overrides of the metric table
 
 
 @dataclass
@@ -125,11 +127,13 @@ def compute(options: ReportOptions) -> ReportData:
             infos.append(T.study_json(d))
     lf = scan(list(options.studies), allow_empty=True)
     schema = dict(lf.collect_schema())
-    pairs = list(options.pairs) or M.pairs(schema)
+    pairs = list(options.pairs) or M.classifiable_pairs(schema, dict(options.directions) or None)
     for p in pairs:
         if M.TRAIN + p not in schema or M.HELDOUT + p not in schema:
             raise ValueError(f"--pair {p!r}: the data has no {M.TRAIN + p}/{M.HELDOUT + p}; pairs: "
                              f"{', '.join(M.pairs(schema)) or 'none'}")
+    for p in pairs:  # fail early, before any work, on a pair without a direction
+        resolve_grokking_rule(p, GrokkingRule(), dict(options.directions) or None)
     metric, mode = _ranking_metric(options, infos, schema, pairs)
     n_rows = lf.select(pl.len()).collect().item()
     window = options.window or (auto_window(lf) if n_rows else 20)
@@ -145,8 +149,10 @@ def compute(options: ReportOptions) -> ReportData:
     if metric is not None:
         best = pl.col(metric).max() if mode == "max" else pl.col(metric).min()
         per_trial += [best.alias(f"best_{metric}"), pl.col(metric).drop_nulls().last().alias(f"last_{metric}")]
+    directions = dict(options.directions) or None
     table, events, summary = collect_all_events(lf, pairs=pairs, plateau=prule, transition=trule,
-                                                grokking_rule=grule, extra=[lf.group_by(KEYS).agg(per_trial)])
+                                                grokking_rule=grule, directions=directions,
+                                                extra=[lf.group_by(KEYS).agg(per_trial)])
     if not pairs:
         notes.append("No train_<m>/heldout_<m> pair in the data: no grokking classification (runs without a "
                      "held-out split get plateaus and transitions only).")
@@ -180,14 +186,15 @@ def compute(options: ReportOptions) -> ReportData:
     data = ReportData(options=options, names=names, dirs=dirs, study_info=infos, metric=metric, mode=mode, pairs=pairs,
                       window=window, rules={"plateau": json.loads(prule.to_json()),
                                             "transition": json.loads(trule.to_json()),
-                                            **{f"grokking[{p}]": _resolved(p, grule) for p in pairs}},
+                                            **{f"grokking[{p}]": _resolved(p, grule, directions)
+                                               for p in pairs}},
                       table=table, events=events, trial_summary=summary, selected=selected, notes=notes)
     _draw(data, lf)
     return data
 
 
-def _resolved(pair: str, rule: GrokkingRule) -> dict[str, Any]:
-    direction, filled = resolve_grokking_rule(pair, rule)
+def _resolved(pair: str, rule: GrokkingRule, directions: dict[str, str] | None) -> dict[str, Any]:
+    direction, filled = resolve_grokking_rule(pair, rule, directions)
     return json.loads(filled.to_json(direction=direction))
 
 
@@ -512,6 +519,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--top", type=int, default=4, help="best and interesting trials per study to draw (default 4)")
     ap.add_argument("--window", type=int, help="plateau/transition window (default: 5%% of the median trial "
                     "length)")
+    ap.add_argument("--direction", action="append", default=[], metavar="METRIC=max|min",
+                    help="override a metric's direction in the metric table; repeatable")
     ap.add_argument("--title")
     return ap
 
@@ -519,9 +528,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     studies = (args.study, *args.compare)
+    try:
+        directions = tuple(parse_directions(args.direction).items())
+    except ValueError as exc:
+        print(f"analysis.report: error: {exc}", file=sys.stderr)
+        return 2
     options = ReportOptions(studies=tuple(studies), out=args.out or args.study / "report", pairs=tuple(args.pair),
                             metric=args.metric, mode=args.mode, params=tuple(args.params) if args.params else None,
-                            top=args.top, window=args.window, title=args.title)
+                            top=args.top, window=args.window, title=args.title, directions=directions)
     try:
         data = compute(options)
         paths = write(data, options.out)

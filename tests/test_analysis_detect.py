@@ -193,3 +193,17 @@ def test_collect_all_events_equals_the_detectors_run_one_by_one(curves: pl.DataF
     one_by_one = detect.events(lf).collect()
     key = ["study", "trial_id", "epoch", "event", "metric", "rule"]
     assert_frame_equal(ev.sort(key), one_by_one.sort(key), check_exact=False, rel_tol=1e-9)  # sums' order
+
+
+def test_pairs_without_default_thresholds_are_left_out_by_default(curves: pl.DataFrame):
+    lf = curves.with_columns(pl.col("train_acc").alias("train_zz"), pl.col("heldout_acc").alias("heldout_zz"),
+                             pl.col("train_acc").alias("train_richness_A"),
+                             pl.col("heldout_acc").alias("heldout_richness_A")).lazy()
+    table, ev = detect.collect_all_events(lf)
+    assert set(table["pair"]) == {"acc", "loss"}
+    assert not ev["metric"].str.contains("zz|richness").filter(ev["event"] == "class").any()
+    # asked for explicitly, with a direction and thresholds, the unknown pair is classified like acc
+    zz = detect.grokking(lf, "zz", directions={"zz": "max"}, train_threshold=0.99, heldout_threshold=0.95,
+                         ungrok_threshold=0.65).collect()
+    acc = detect.grokking(lf, "acc").collect()
+    assert zz["class"].to_list() == acc["class"].to_list()

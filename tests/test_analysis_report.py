@@ -137,6 +137,8 @@ def test_bad_input_exits_2_and_keeps_the_previous_report(report: Path, studies, 
     assert report_cli.main([str(studies[0]), "--out", str(tmp_path / "o"), "--params", "lr", "wd"]) == 2
     err = capsys.readouterr().err
     assert "'lr'" in err and "weight_decay" in err
+    assert report_cli.main([str(studies[0]), "--out", str(tmp_path / "o"), "--direction", "acc=up"]) == 2
+    assert "acc=up" in capsys.readouterr().err
     (studies[1] / "trials.parquet").rename(studies[1] / "trials.bak")
     try:
         (studies[1] / "trials.parquet").write_bytes(b"not parquet")
