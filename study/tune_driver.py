@@ -323,7 +323,35 @@ def finish_study(location: StudyLocation, outcome: Outcome) -> dict[str, list]:
     live = set(outcome.statuses)
     study = load_study(location)
     failed = fail_orphans(study, live, "driver killed before Ray Tune recorded this trial") if study else []
+    if study is not None:
+        record_retried(study, trials_table.read(location), location)
     removed = [t for t in recorder.trial_ids(location) if t not in live]
     for trial_id in removed:
         recorder.remove_trial(location, trial_id)
     return {"optuna_failed": failed, "partitions_removed": removed}
+
+
+def record_retried(study: optuna.Study, table, location: StudyLocation) -> list[int]:
+    """Trials that ended in ERROR (Optuna: FAIL) and were then retried by ``--resume`` to COMPLETED or PRUNED.
+    Tune does not tell the searcher about a trial it restores after an error, and finished Optuna trials are
+    immutable: the new outcome becomes a new Optuna trial with the same parameters, the study trial's id and
+    ``retry_of`` = the failed one's number, so the sampler learns it and `study.verify` pairs them."""
+    if table is None:
+        return []
+    metric = location.read_json(location.join("study.json")).get("metric")
+    by_tune: dict[str, list] = {}
+    for trial in study.get_trials(deepcopy=False):
+        by_tune.setdefault(trial.user_attrs.get(TUNE_ID_ATTR), []).append(trial)
+    added = []
+    for row in table.to_pylist():
+        matches = by_tune.get(row["trial_id"])
+        if not matches or matches[-1].state != TrialState.FAIL or row["status"] not in ("COMPLETED", "PRUNED"):
+            continue
+        last = matches[-1]
+        value = row.get(f"final_{metric}") if row["status"] == "COMPLETED" else None
+        state = TrialState.COMPLETE if isinstance(value, float) and math.isfinite(value) else TrialState.PRUNED
+        study.add_trial(optuna.trial.create_trial(
+            params=last.params, distributions=last.distributions, value=value if state == TrialState.COMPLETE
+            else None, state=state, user_attrs={**last.user_attrs, "retry_of": last.number}))
+        added.append(last.number)
+    return added

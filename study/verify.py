@@ -362,7 +362,9 @@ def _check_optuna(location: StudyLocation, trials: list[dict[str, Any]] | None, 
         if not matches:
             report.add("optuna", f"trial {t['trial_id']} ({t['status']}) has no Optuna trial")
             continue
-        if len(matches) > 1:
+        retried = all(m.state.name == "FAIL" for m in matches[:-1]) and all("retry_of" in m.user_attrs
+                                                                          for m in matches[1:])
+        if len(matches) > 1 and not retried:   # a retry after ERROR is a new Optuna trial with `retry_of`
             report.add("optuna", f"trial {t['trial_id']} has {len(matches)} Optuna trials "
                                  f"({', '.join(str(m.number) for m in matches)})")
         ot = matches[-1]

@@ -48,3 +48,16 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(stu
     assert "nan" in study.trials[[t.user_attrs["tune_trial_id"] for t in study.trials].index(claims["nan"])] \
         .user_attrs["diverged"].lower()
     assert_invariants(study_dir)
+
+    # the failed trials are retried by --resume (the faults are not requested again): Optuna learns the new
+    # outcome as a new trial with the same parameters (`retry_of`), the diverged ones stay as they were
+    rc, out = studies.run("--name", "faults", "--results", str(results), "--resume")
+    assert rc == 0, out[-3000:]
+    rows = {r["trial_id"]: r for r in trials_rows(study_dir)}
+    assert rows[claims["raise"]]["status"] == rows[claims["oom"]]["status"] == "COMPLETED"
+    assert rows[claims["nan"]]["status"] == rows[claims["inf"]]["status"] == "DIVERGED"
+    study = load_study(StudyLocation.open(str(results), "faults"))
+    retries = {t.user_attrs["tune_trial_id"]: t for t in study.trials if "retry_of" in t.user_attrs}
+    assert set(retries) == {claims["raise"], claims["oom"]}
+    assert all(t.state.name == "COMPLETE" for t in retries.values())
+    assert_invariants(study_dir)
