@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--space", default="smoke")
+    parser.add_argument("--max-seconds", type=float, help="stop the driver with SIGINT after this long and report "
+                        "on the trials finished by then (the study stays resumable)")
     parser.add_argument("--results", help="results root (default: a temporary folder, removed afterwards)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -55,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
                                 start_new_session=True)
     samples, hwm = [], 0
     try:
+        interrupted = False
         while proc.poll() is None:
+            if args.max_seconds and not interrupted and time.monotonic() - start > args.max_seconds:
+                os.kill(proc.pid, signal.SIGINT)
+                interrupted = True
             rss, peak = _memory_kib(proc.pid)
             if rss:
                 samples.append(rss)
@@ -67,17 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         except ProcessLookupError:
             pass
     wall = time.monotonic() - start
-    report = verify(str(results / "load"), complete=True)
+    report = verify(str(results / "load"), complete=not interrupted)
+    finished = report.counts.get("completed", 0)
     samples.sort()
     result = {
         "trials": args.trials, "concurrency": args.concurrency, "space": args.space, "exit": proc.returncode,
-        "wall_s": round(wall, 1), "s_per_trial": round(wall / args.trials, 2),
+        "finished": finished, "interrupted": interrupted,
+        "wall_s": round(wall, 1), "s_per_trial": round(wall / max(finished, 1), 2),
         "driver_peak_rss_mib": round(hwm / 1024, 1),
         "driver_median_rss_mib": round(samples[len(samples) // 2] / 1024, 1) if samples else None,
         "driver_final_rss_mib": round(samples[-1] / 1024, 1) if samples else None,
         "invariants_ok": report.ok, "violations": [str(v) for v in report.violations],
     }
-    print(f"{args.trials} one-epoch trials of {args.space!r}, {args.concurrency} at once: exit {proc.returncode}, "
+    print(f"{finished} of {args.trials} one-epoch trials of {args.space!r} finished, {args.concurrency} at once"
+          + (" (stopped by --max-seconds)" if interrupted else "") + f": exit {proc.returncode}, "
           f"{wall:.0f} s in all, {result['s_per_trial']} s per trial; driver peak RSS "
           f"{result['driver_peak_rss_mib']} MiB (median {result['driver_median_rss_mib']} MiB); invariants "
           + ("hold" if report.ok else "VIOLATED:\n" + report.text()))
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(results, ignore_errors=True)
-    return 0 if proc.returncode == 0 and report.ok else 1
+    return 0 if report.ok and (proc.returncode == 0 or interrupted) else 1
 
 
 if __name__ == "__main__":
