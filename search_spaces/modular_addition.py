@@ -27,7 +27,8 @@ def define(trial: optuna.Trial) -> dict[str, Any]:
 SPACE = SearchSpace(
     name="modular_addition",
     task="modular_addition",
-    description="positive control: (a+b) mod 59 MLP, weight decay × train fraction; grokks in ~3 CPU-minutes",
+    description="positive control: (a+b) mod 59 MLP over weight decay × train fraction; "
+                "a 300-epoch trial takes about 20-45 CPU-seconds",
     define=define,
     metric="heldout_acc",
     mode="max",
