@@ -13,7 +13,7 @@ from chaoslib import (STARTUP_TIMEOUT, assert_invariants, attempt_markers, part_
 RUN_TIMEOUT = 420
 
 
-def _args(results, name, *, trials=3, epochs=6, concurrency=2, every=2):
+def _args(results, name, *, trials=2, epochs=6, concurrency=2, every=2):
     return ["--space", "smoke", "--name", name, "--trials", str(trials), "--epochs", str(epochs),
             "--concurrency", str(concurrency), "--checkpoint-every", str(every), "--results", str(results)]
 
@@ -49,7 +49,7 @@ def _strike(driver, sig: int) -> bool:
     return True
 
 
-def _finish(studies, results, name, trials=3):
+def _finish(studies, results, name, trials=2):
     rc, out = studies.run(*_resume(results, name), timeout=RUN_TIMEOUT)
     assert rc == 0, out[-4000:]
     study_dir = results / name
@@ -120,11 +120,11 @@ def test_killed_during_a_checkpoint(studies, tmp_path, sig):
 def test_killed_between_trials(studies, tmp_path):
     results = tmp_path / "results"
     study_dir = results / "between"
-    driver = studies.start(*_args(results, "between", epochs=2, concurrency=1, every=1))
+    driver = studies.start(*_args(results, "between", trials=3, epochs=2, concurrency=1, every=1))
     wait_for(lambda: any(r["status"] == "COMPLETED" for r in trials_rows(study_dir)), STARTUP_TIMEOUT + 120,
              "the first trial to complete", driver, 0.05)
     _strike(driver, signal.SIGKILL)
-    _finish(studies, results, "between")
+    _finish(studies, results, "between", trials=3)
 
 
 @pytest.mark.chaos
