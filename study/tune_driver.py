@@ -286,7 +286,7 @@ def build_tuner(space: SearchSpace, config: StudyConfig, location: StudyLocation
     callback.scheduler = scheduler
     tune_config = tune.TuneConfig(search_alg=make_searcher(space, config, location), scheduler=scheduler,
                                   num_samples=config.trials, max_concurrent_trials=config.concurrency,
-                                  reuse_actors=False, trial_dirname_creator=trial_dirname,
+                                  reuse_actors=True, trial_dirname_creator=trial_dirname,
                                   trial_name_creator=trial_dirname)
     tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=_run_config(config, location, callback))
     return tuner, callback
