@@ -18,6 +18,6 @@ __all__ = ["scan", "ScanError", "detect", "metrics", "rules"]
 
 def __getattr__(name: str):
     # Submodules load on first use, so `python -m analysis.detect` does not import itself twice.
-    if name in ("detect", "metrics", "rules", "report", "synthetic", "trials"):
+    if name in ("detect", "frames", "metrics", "rules", "report", "synthetic", "trials"):
         return importlib.import_module(f"analysis.{name}")
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")

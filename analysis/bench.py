@@ -1,7 +1,8 @@
 """Benchmark: scan + every detector over a generated dataset (default 2,000 trials × 500 epochs = 1,000,000
 epoch rows with train/held-out acc and loss pairs and a train-only coverage), written as a study-style Parquet
 dataset. Prints a table and one JSON line: wall seconds (median of runs) of scan and of the detectors, and the
-process's CPU seconds (steadier on a shared machine; `load_avg_1m` says how shared it was). Not a test: timings on a shared machine are noisy (median of runs).
+process's CPU seconds (steadier on a shared machine; `load_avg_1m` says how shared it was). Not a test: timings
+on a shared machine are noisy (median of runs).
 
     python -m analysis.bench [--trials 2000] [--epochs 500] [--repeats 3] [--engine in-memory] [--keep DIR]
 
@@ -65,8 +66,10 @@ def main(argv=None) -> int:
         med = {k: round(statistics.median(v), 3) for k, v in timings.items()}
         classes = dict(table.group_by("class").len().iter_rows())
         result = {"bench": "analysis", "trials": args.trials, "epochs": args.epochs, "rows": rows,
-                  "events": n_events, "classes": classes, "repeats": args.repeats, "engine": args.engine, "write_s": round(write_s, 2),
-                  "threads": pl.thread_pool_size(), "load_avg_1m": round(os.getloadavg()[0], 1), **med, "runs_total_s": [round(v, 3) for v in timings["total_s"]]}
+                  "events": n_events, "classes": classes, "repeats": args.repeats, "engine": args.engine,
+                  "write_s": round(write_s, 2), "threads": pl.thread_pool_size(),
+                  "load_avg_1m": round(os.getloadavg()[0], 1), **med,
+                  "runs_total_s": [round(v, 3) for v in timings["total_s"]]}
         print(f"{'step':<12}{'median s':>10}")
         for k in ("scan_s", "detect_s", "total_s", "cpu_s"):
             print(f"{k:<12}{med[k]:>10.3f}")

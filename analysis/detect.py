@@ -11,11 +11,13 @@
 Every function takes and returns a `pl.LazyFrame`; nothing is collected. Event rows have the columns of
 `EVENT_SCHEMA`. Parameters and their defaults are documented in `analysis.rules`.
 
-CLI: python -m analysis.detect PATH [PATH …] [--pair NAME] [--json] [--window N] [--hold K] …
+  collect_all_events(lf, …)                  → (grokking table, events) collected in one pass (an edge)
+
+The sorted frame and the window helpers are in `analysis.frames`.
+CLI (`analysis.detect_cli`): python -m analysis.detect PATH [PATH …] [--pair NAME] [--json] [--window N] …
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -24,10 +26,9 @@ from typing import Any, Mapping, Sequence
 import polars as pl
 
 from analysis import metrics as M
+from analysis.frames import G, KEYS, I, ahead, back, local_noise, prepare, require, rmean, value_range
 from analysis.rules import DETECTOR_VERSION, GrokkingRule, PlateauRule, TransitionRule
 
-KEYS = ["study", "trial_id"]
-G = "_g"  # integer trial id added by _frame
 
 EVENT_SCHEMA: dict[str, pl.DataType] = {
     "study": pl.String, "trial_id": pl.String, "event": pl.String, "metric": pl.String,
@@ -51,100 +52,10 @@ def _rule(cls, given, params: Mapping[str, Any]):
     return cls.from_dict(params)
 
 
-def _require(lf: pl.LazyFrame, columns: Sequence[str]) -> dict[str, pl.DataType]:
-    schema = dict(lf.collect_schema())
-    missing = [c for c in columns if c not in schema]
-    if missing:
-        numeric = [c for c, t in schema.items() if M.is_numeric_metric(c, t)]
-        raise ValueError(f"column(s) {', '.join(missing)} not in the data; numeric metric columns: "
-                         f"{', '.join(numeric) or 'none'}")
-    return schema
-
-
-def _frame(lf: pl.LazyFrame, columns: Sequence[str]) -> pl.LazyFrame:
-    """Keys, epoch and the metrics as Float64 (NaN → null), sorted, one row per (study, trial_id, epoch) (of
-    duplicates, the row of the highest `attempt` is kept), plus the trial bookkeeping the window helpers use:
-    `_g` (integer trial id), `_row` (global row), `_i` (row within the trial), `_n` (rows of the trial)."""
-    schema = _require(lf, [*KEYS, "epoch", *columns])
-    wrong = [f"{c} ({schema[c]})" for c in columns if not (schema[c].is_numeric() or schema[c] == pl.Boolean)]
-    if wrong:
-        raise ValueError(f"metric column(s) {', '.join(wrong)} are not numeric")
-    if PREPARED in schema:  # already a `prepare`d frame: several detectors share its sort
-        return lf
-    order = [*KEYS, "epoch"]
-    descending = [False, False, False]
-    if "attempt" in schema:
-        order.append("attempt")
-        descending.append(True)
-    same = pl.lit(True)
-    for key in (*KEYS, "epoch"):
-        same = same & (pl.col(key) == pl.col(key).shift(1))
-    row = pl.col("_row")
-    first_row = pl.when((pl.col(G) != pl.col(G).shift(1)).fill_null(True)).then(row).otherwise(None)
-    return (lf.select(*order, *[pl.col(c).cast(pl.Float64).fill_nan(None) for c in columns if c not in order])
-              .sort(order, descending=descending)
-              .filter(~same.fill_null(False))
-              .with_columns(pl.struct(KEYS).rle_id().alias(G), pl.int_range(pl.len()).alias("_row"))
-              .with_columns((row - first_row.forward_fill()).alias("_i"),
-                            pl.len().over(G).alias("_n")))
-
-
-PREPARED = "_row"
-
-
-def prepare(lf: pl.LazyFrame, columns: Sequence[str]) -> pl.LazyFrame:
-    """The sorted, de-duplicated frame the detectors work on, with `columns` as Float64. Detectors given a
-    prepared frame skip their own sort, so several of them can share one (`collect_all_events` does)."""
-    return _frame(lf, columns)
-
-
-# Window helpers. The frame is sorted by trial, so a rolling window or shift over the whole column is exact for
-# every row whose window lies inside its trial; the others are masked to null. This is an order of magnitude
-# faster than `.over(trial)` per expression and gives the same values.
-_I, _N = pl.col("_i"), pl.col("_n")
-
-
-def _back(e: pl.Expr, k: int) -> pl.Expr:
-    """e at k rows earlier in the same trial."""
-    return pl.when(_I >= k).then(e.shift(k))
-
-
-def _ahead(e: pl.Expr, k: int) -> pl.Expr:
-    """e at k rows later in the same trial."""
-    return pl.when(_I + k < _N).then(e.shift(-k))
-
-
-def _rmean(e: pl.Expr, w: int) -> pl.Expr:
-    """Mean of the w rows ending here (all in this trial)."""
-    return pl.when(_I >= w - 1).then(e.rolling_mean(w))
-
-
-def _diff(e: pl.Expr) -> pl.Expr:
-    return pl.when(_I >= 1).then(e.diff())
-
-
-def _noise(m: pl.Expr) -> pl.Expr:
-    """Per-trial noise σ: median |first difference| / 0.6745 / √2 (robust to steps)."""
-    return (_diff(m).abs().median() / (0.6745 * math.sqrt(2))).fill_null(0.0).over(G)
-
-
-def _local_noise(m: pl.Expr, span: int) -> pl.Expr:
-    """Noise σ near each epoch: the larger of the trial's σ and the one from the mean |first difference| over
-    the `span` rows centred here (E|Δ| = 2σ/√π for Gaussian noise), so a noisy stretch of an otherwise clean
-    curve is not mistaken for a change. Near a trial's ends only the trial's σ is used."""
-    local = _ahead(_rmean(_diff(m).abs(), span), span // 2) * (math.sqrt(math.pi) / 2)
-    return pl.max_horizontal(local, _noise(m))
-
-
-def _range(m: pl.Expr) -> pl.Expr:
-    """Per-trial robust range R: 98th − 2nd percentile."""
-    return (m.quantile(0.98) - m.quantile(0.02)).fill_null(0.0).over(G)
-
-
 def _flat(m: pl.Expr, rule: PlateauRule, sigma: pl.Expr, rng: pl.Expr) -> pl.Expr:
     half = rule.window // 2
-    second = _rmean(m, half)
-    first = _back(second, half)
+    second = rmean(m, half)
+    first = back(second, half)
     tol = pl.max_horizontal(pl.lit(rule.atol), rule.rtol * rng) + rule.z * sigma * 2.0 / math.sqrt(rule.window)
     return ((second - first).abs() <= tol).fill_null(False)
 
@@ -187,7 +98,8 @@ def _flat_name(metric: str, r: PlateauRule) -> str:
 
 def _common_stages(metric: str, window: int) -> list[list[pl.Expr]]:
     m = pl.col(metric)
-    return [[_local_noise(m, 4 * window).alias(_sigma_name(metric, window)), _range(m).alias(_col("range", metric)),
+    return [[local_noise(m, 4 * window).alias(_sigma_name(metric, window)),
+             value_range(m).alias(_col("range", metric)),
              (pl.col("epoch").max() - pl.col("epoch").min() + 1).over(G).cast(pl.Float64).alias("_len")]]
 
 
@@ -201,8 +113,8 @@ def _plateau_stages(metric: str, r: PlateauRule) -> list[list[pl.Expr]]:
     stages = _common_stages(metric, r.window) + [
         [],
         [_flat_expr(metric, r).alias(_flat_name(metric, r)),
-         _back(pl.col("epoch"), 2 * (r.window // 2) - 1).alias(f"_start{r.window}")],
-        [((flat != flat.shift(1)) | (_I == 0)).fill_null(True).cum_sum().alias(_col("seg", metric))],
+         back(pl.col("epoch"), 2 * (r.window // 2) - 1).alias(f"_start{r.window}")],
+        [((flat != flat.shift(1)) | (I == 0)).fill_null(True).cum_sum().alias(_col("seg", metric))],
     ]
     return stages + [[]] * (DEPTH - len(stages))
 
@@ -231,7 +143,7 @@ def plateaus(lf: pl.LazyFrame, metric: str, *, rule: PlateauRule | Mapping | Non
              **params: Any) -> pl.LazyFrame:
     """Plateaus of `metric` in every trial: event rows with epoch..epoch_end and magnitude = mean level."""
     r = _rule(PlateauRule, rule, params)
-    marked = _frame(lf, [metric])
+    marked = prepare(lf, [metric])
     for stage in _plateau_stages(metric, r):
         marked = marked.with_columns(stage)
     return _plateau_rows(marked, metric, r).sort([*KEYS, "epoch"])
@@ -245,10 +157,10 @@ def _transition_stages(metric: str, r: TransitionRule, p: PlateauRule) -> list[l
     m, x = pl.col(metric), pl.col("epoch").cast(pl.Float64)
     c = lambda n: _col(n, metric)  # noqa: E731
     sigma, rng, length = pl.col(_sigma_name(metric, w)), pl.col(c("range")), pl.col("_len")
-    rmean, slope = pl.col(c(f"rmean{w}")), pl.col(c(f"slope{w}"))
+    level_mean, slope = pl.col(c(f"rmean{w}")), pl.col(c(f"slope{w}"))
     span = 2 * w + 1
-    mx = _rmean(x, w)
-    slope_ending_here = (_rmean(x * m, w) - mx * _rmean(m, w)) / (_rmean(x * x, w) - mx * mx)
+    mx = rmean(x, w)
+    slope_ending_here = (rmean(x * m, w) - mx * rmean(m, w)) / (rmean(x * x, w) - mx * mx)
     level_thr = pl.max_horizontal(pl.lit(r.atol), r.rtol * rng, r.z * sigma * math.sqrt(2.0 / w))
     slope_thr = pl.max_horizontal(r.slope_rtol * rng, r.z * sigma * math.sqrt(24.0 / w ** 3) * length)
     a_level, a_slope = pl.col(c(f"dlevel{w}")).abs(), pl.col(c(f"dslope{w}")).abs() * length
@@ -256,14 +168,14 @@ def _transition_stages(metric: str, r: TransitionRule, p: PlateauRule) -> list[l
     flat_stages = [[]] if p.window == w else _common_stages(metric, p.window)
     return [
         _common_stages(metric, w)[0] + flat_stages[0],
-        [_rmean(m, w).alias(c(f"rmean{w}")), slope_ending_here.alias(c(f"slope{w}"))],
-        [(_ahead(rmean, w - 1) - _back(rmean, 1)).alias(c(f"dlevel{w}")),
-         (_ahead(slope, w - 1) - _back(slope, 1)).alias(c(f"dslope{w}")),
+        [rmean(m, w).alias(c(f"rmean{w}")), slope_ending_here.alias(c(f"slope{w}"))],
+        [(ahead(level_mean, w - 1) - back(level_mean, 1)).alias(c(f"dlevel{w}")),
+         (ahead(slope, w - 1) - back(slope, 1)).alias(c(f"dslope{w}")),
          _flat_expr(metric, p).alias(_flat_name(metric, p))],
         [pl.when(pl.col(_flat_name(metric, p))).then(pl.col("_row")).otherwise(None).forward_fill()
          .alias(c(f"last_flat{w}"))],
         # a plateau window of this trial ended within the `window` rows before t
-        [(_back(pl.col(c(f"last_flat{w}")), 1) >= pl.max_horizontal(pl.col("_row") - w, pl.col("_row") - _I))
+        [(back(pl.col(c(f"last_flat{w}")), 1) >= pl.max_horizontal(pl.col("_row") - w, pl.col("_row") - I))
          .fill_null(False).alias(c("after_plateau")),
          # values are null within `window` rows of a trial's ends, so a centred span of ±window rows never
          # compares with a value of another trial
@@ -307,7 +219,7 @@ def transitions(lf: pl.LazyFrame, metric: str, *, rule: TransitionRule | Mapping
     that tells a plateau_jump (default: PlateauRule with the transition window)."""
     r = _rule(TransitionRule, rule, params)
     p = _rule(PlateauRule, plateau, {}) if plateau is not None else _default_flat_rule(r)
-    marked = _frame(lf, [metric])
+    marked = prepare(lf, [metric])
     for stage in _transition_stages(metric, r, p):
         marked = marked.with_columns(stage)
     return _transition_rows(marked, metric, r, p).sort([*KEYS, "epoch"])
@@ -356,13 +268,13 @@ def grokking(lf: pl.LazyFrame, pair: str = "acc", *, rule: GrokkingRule | Mappin
         return (pl.col(col) >= thr) if up else (pl.col(col) <= thr)
 
     def held(ok: pl.Expr, k: int) -> pl.Expr:
-        return (_ahead(ok.fill_null(False).cast(pl.Int32).rolling_sum(k), k - 1) == k).fill_null(False)
+        return (ahead(ok.fill_null(False).cast(pl.Int32).rolling_sum(k), k - 1) == k).fill_null(False)
 
     lost = (pl.col(ho) < r.ungrok_threshold) if up else (pl.col(ho) > r.ungrok_threshold)
     epoch = pl.col("epoch")
     t_gen = epoch.filter("_gen").first()
     best = pl.col(ho).max() if up else pl.col(ho).min()
-    table = (_frame(lf, [tr, ho])
+    table = (prepare(lf, [tr, ho])
              .with_columns(held(at_least(tr, r.train_threshold), r.hold).alias("_mem"),
                            held(at_least(ho, r.heldout_threshold), r.hold).alias("_gen"),
                            held(lost, r.ungrok_hold).alias("_lost"))
@@ -434,7 +346,7 @@ def events(lf: pl.LazyFrame, *, metrics: Sequence[str] | None = None, pairs: Seq
     schema = dict(lf.collect_schema())
     metrics = list(metrics) if metrics is not None else M.metric_columns(schema, directions)
     pairs = list(pairs) if pairs is not None else M.classifiable_pairs(schema, directions)
-    _require(lf, metrics)
+    require(lf, metrics)
     p = _rule(PlateauRule, plateau, {})
     t = _rule(TransitionRule, transition, {})
     g = _rule(GrokkingRule, grokking_rule, {})
@@ -442,7 +354,7 @@ def events(lf: pl.LazyFrame, *, metrics: Sequence[str] | None = None, pairs: Seq
     parts = [empty_events()]
     if metrics:
         # one sorted frame with every metric's window columns; each detector's rows are drawn from it
-        marked = _frame(lf, metrics)
+        marked = prepare(lf, metrics)
         for depth in range(DEPTH):
             exprs = [e for metric in metrics
                      for e in _plateau_stages(metric, p)[depth] + _transition_stages(metric, t, flat)[depth]]
@@ -505,108 +417,7 @@ def auto_window(lf: pl.LazyFrame, *, fraction: float = 0.05, minimum: int = 5, m
     return int(min(maximum, max(minimum, round((n or 0) * fraction))))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# CLI
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m analysis.detect",
-        description="Classify every trial (comprehension, grokking, memorization, confusion) for a "
-                    "train_<m>/heldout_<m> pair and list plateaus, transitions and grokking events.")
-    ap.add_argument("paths", nargs="+", metavar="PATH",
-                    help="study directory, Parquet file, directory of Parquet files or glob")
-    ap.add_argument("--pair", action="append", help="metric pair m (train_m/heldout_m); repeatable; "
-                    "default: every pair in the data")
-    ap.add_argument("--metric", action="append", help="metric for plateaus/transitions; repeatable; default: "
-                    "every column with a known direction")
-    ap.add_argument("--json", action="store_true", help="one JSON object per line (trials, then events)")
-    ap.add_argument("--no-events", action="store_true", help="print only the per-trial classification")
-    ap.add_argument("--window", type=int, help="plateau/transition window in epochs (default: 5%% of the "
-                    "median trial length, at least 5)")
-    ap.add_argument("--hold", type=int, default=GrokkingRule.hold, help="epochs a threshold must hold")
-    ap.add_argument("--min-delay", type=int, default=GrokkingRule.min_delay)
-    ap.add_argument("--delay-ratio", type=float, default=GrokkingRule.delay_ratio)
-    ap.add_argument("--train-threshold", type=float)
-    ap.add_argument("--heldout-threshold", type=float)
-    ap.add_argument("--ungrok-threshold", type=float)
-    ap.add_argument("--direction", action="append", default=[], metavar="METRIC=max|min",
-                    help="override a metric's direction; repeatable")
-    return ap
-
-
-def parse_directions(items: Sequence[str]) -> dict[str, str]:
-    """`["name=max", …]` (the CLIs' --direction) → {"name": "max"}; ValueError naming a bad item."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or value not in ("max", "min"):
-            raise ValueError(f"--direction {item!r}: expected METRIC=max or METRIC=min")
-        out[name] = value
-    return out
-
-
-def _jsonable(row: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except BrokenPipeError:  # `… | head`
-        return 0
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    from analysis.scan import ScanError, scan
-
-    args = _parser().parse_args(argv)
-    try:
-        directions = parse_directions(args.direction)
-        lf = scan(args.paths)
-        schema = dict(lf.collect_schema())
-        pairs = args.pair if args.pair else M.classifiable_pairs(schema, directions)
-        window = args.window if args.window else auto_window(lf)
-        grule = GrokkingRule(train_threshold=args.train_threshold, heldout_threshold=args.heldout_threshold,
-                             ungrok_threshold=args.ungrok_threshold, hold=args.hold, ungrok_hold=args.hold,
-                             min_delay=args.min_delay, delay_ratio=args.delay_ratio)
-        ev = None
-        if args.no_events:
-            tables = [grokking(lf, pair, rule=grule, directions=directions) for pair in pairs]
-            table = pl.concat(tables).collect(engine="in-memory") if tables else None
-        else:
-            table, ev = collect_all_events(
-                lf, pairs=pairs, metrics=args.metric, directions=directions, grokking_rule=grule,
-                plateau=PlateauRule(window=window, min_span=max(window, round(1.5 * window))),
-                transition=TransitionRule(window=window))
-        if not pairs:
-            table = None
-    except (ScanError, ValueError, pl.exceptions.PolarsError, OSError) as exc:
-        print(f"analysis.detect: error: {exc}", file=sys.stderr)
-        return 2
-    out = sys.stdout
-    if args.json:
-        if table is not None:
-            for row in table.drop("params").iter_rows(named=True):
-                out.write(json.dumps(_jsonable({"record": "trial", **row})) + "\n")
-        if ev is not None:
-            for row in ev.iter_rows(named=True):
-                row["params"] = json.loads(row["params"])
-                out.write(json.dumps(_jsonable({"record": "event", **row})) + "\n")
-        return 0
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60,
-                   tbl_hide_dataframe_shape=True):
-        if table is None:
-            out.write("no train_<m>/heldout_<m> pair in the data: no grokking classification\n")
-        else:
-            out.write("trials\n")
-            out.write(str(table.select("study", "trial_id", "pair", "class", "t_mem", "t_gen", "delay",
-                                       "ungrokked", "n_epochs", "heldout_final")) + "\n")
-        if ev is not None:
-            out.write(f"\nevents ({ev.height}; window {window} epochs)\n")
-            out.write(str(ev.select("study", "trial_id", "event", "metric", "epoch", "epoch_end", "magnitude",
-                                    "rule")) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
+    from analysis.detect_cli import main
+
     sys.exit(main())

@@ -31,8 +31,8 @@ import polars as pl
 from analysis import figures
 from analysis import metrics as M
 from analysis import trials as T
-from analysis.detect import (EVENT_SCHEMA, KEYS, parse_directions, auto_window, collect_all_events,
-                             resolve_grokking_rule)
+from analysis.detect import EVENT_SCHEMA, KEYS, auto_window, collect_all_events, resolve_grokking_rule
+from analysis.detect_cli import parse_directions
 from analysis.rules import DETECTOR_VERSION, GrokkingRule, PlateauRule, TransitionRule
 from analysis.scan import ScanError, scan
 
@@ -77,7 +77,8 @@ class ReportData:
 
 # ------------------------------------------------------------------------------------------------ computing
 
-def _ranking_metric(options: ReportOptions, infos: list[dict], schema: dict, pairs: list[str]) -> tuple[str | None, str | None]:
+def _ranking_metric(options: ReportOptions, infos: list[dict], schema: dict,
+                    pairs: list[str]) -> tuple[str | None, str | None]:
     metric = options.metric or next((i.get("metric") for i in infos if i.get("metric") in schema), None)
     if metric is None:
         metric = next((M.HELDOUT + p for p in pairs), None) or next(iter(M.metric_columns(schema)), None)

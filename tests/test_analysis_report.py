@@ -165,9 +165,9 @@ def test_detect_cli_json_lines_and_errors(studies):
 
 
 def test_detect_cli_text_and_missing_path(studies, capsys):
-    from analysis import detect
-    assert detect.main([str(studies[1])]) == 0
+    from analysis import detect_cli
+    assert detect_cli.main([str(studies[1])]) == 0
     out = capsys.readouterr().out
     assert "grokking" in out and "events (" in out
-    assert detect.main([str(studies[1]) + "/nothing-here"]) == 2
+    assert detect_cli.main([str(studies[1]) + "/nothing-here"]) == 2
     assert "nothing-here" in capsys.readouterr().err
