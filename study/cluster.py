@@ -5,10 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+
+
+class RayStartError(RuntimeError):
+    """Ray could not be started or joined; nothing of the study was stored yet."""
 
 
 @dataclass(frozen=True)
@@ -50,14 +55,26 @@ def start(address: str | None, *, dashboard_port: int | None = None, num_cpus: i
     import ray
 
     if address:
-        context = ray.init(address=address, logging_level=logging.WARNING)
+        try:
+            context = ray.init(address=address, logging_level=logging.WARNING)
+        except Exception as exc:
+            raise RayStartError(f"could not join the Ray cluster at {address}: {exc}") from exc
         url = context.dashboard_url
         return RayInfo(local=False, dashboard_url=f"http://{url}" if url else None, address=address)
     # "local" (not None/"auto"): never attach to another Ray instance running on this machine
     # no port given: Ray takes 8265, or the next free one (it retries); a given port must be free
     port = {"dashboard_port": free_port(dashboard_port)} if dashboard_port else {}
-    context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **port,
-                       num_cpus=num_cpus, num_gpus=num_gpus, logging_level=logging.WARNING)
+    for attempt in (1, 2):
+        try:
+            context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **port,
+                               num_cpus=num_cpus, num_gpus=num_gpus, logging_level=logging.WARNING)
+            break
+        except Exception as exc:  # Ray gives its raylet a fixed 30 s to register: an overloaded machine misses it
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise RayStartError(f"could not start a local Ray instance: {exc}") from exc
+            print("Ray did not start within its 30 s (an overloaded machine?): trying once more",
+                  file=sys.stderr, flush=True)
     url = context.dashboard_url
     return RayInfo(local=True, dashboard_url=f"http://{url}" if url else None,
                    address=context.address_info.get("gcs_address", ""))

@@ -265,7 +265,11 @@ def _run(space, config, location, resume: bool) -> int:
     from study import cluster
 
     try:
-        info = cluster.start(config.address, dashboard_port=config.dashboard_port)
+        try:
+            info = cluster.start(config.address, dashboard_port=config.dashboard_port)
+        except cluster.RayStartError as exc:
+            print(f"error: {exc}\nNothing of the study was stored; run the same command again.", file=sys.stderr)
+            return EXIT_FAILED_TRIALS
         _sigterm_as_sigint()   # again: ray.init installs its own SIGTERM handler, which would just exit
         try:
             check_resources(config)   # before study.json: a refused new study leaves nothing behind
