@@ -268,7 +268,7 @@ def _run(space, config, location, resume: bool) -> int:
         try:
             info = cluster.start(config.address, dashboard_port=config.dashboard_port)
         except cluster.RayStartError as exc:
-            print(f"error: {exc}\nNothing of the study was stored; run the same command again.", file=sys.stderr)
+            print(f"error: {exc}\nNothing was written to the study directory; run the same command again.", file=sys.stderr)
             return EXIT_FAILED_TRIALS
         _sigterm_as_sigint()   # again: ray.init installs its own SIGTERM handler, which would just exit
         try:
