@@ -146,3 +146,29 @@ def test_resume_with_a_space_starts_a_missing_study(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "starting it" in out and "New study 'fresh'" in out
     assert not (tmp_path / "fresh" / "study.json").exists()   # a dry run writes nothing
+
+
+def test_grokking_asha_never_stops_a_memorised_trial_but_prunes_others():
+    from ray.tune.experiment import Trial
+
+    from study.tune_driver import GrokkingSafeASHA
+
+    scheduler = GrokkingSafeASHA(memorised_when=("train_acc", 0.99), time_attr="epochs_done",
+                                 metric="heldout_acc", mode="max", max_t=20, grace_period=2, reduction_factor=3)
+    trials = [Trial("__fake", stub=True, trial_id=f"t{i}") for i in range(5)]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    # t0 has memorised (train_acc 1.0) but not generalised (held-out worst of all); t1..t4 have not memorised
+    heldout = {"t0": 0.0, "t1": 0.4, "t2": 0.3, "t3": 0.2, "t4": 0.1}
+    actions: dict[str, str] = {}
+    for epoch in (1, 2, 3):
+        for trial in trials:
+            if actions.get(trial.trial_id) == "STOP":
+                continue
+            result = {"epochs_done": epoch, "heldout_acc": heldout[trial.trial_id],
+                      "train_acc": 1.0 if trial.trial_id == "t0" else 0.5}
+            actions[trial.trial_id] = scheduler.on_trial_result(None, trial, result)
+    assert actions["t0"] == "CONTINUE" and "t0" in scheduler.protected
+    stopped = {t for t, a in actions.items() if a == "STOP"}
+    assert stopped and "t0" not in stopped and "t1" not in stopped
+    assert all("below the rung cutoff" in scheduler.stopped[t] for t in stopped)
