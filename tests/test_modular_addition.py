@@ -2,8 +2,12 @@
 divergence, and three real training runs that the grokking detector must label correctly."""
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,6 +17,7 @@ import torch
 from tvae import modular_addition as ma
 from tvae.tasks import DivergedError, load_run, make_run
 
+REPO = Path(__file__).resolve().parents[1]
 SMALL = {"data.modulus": 17, "model.hidden": 32, "steps_per_epoch": 3}
 
 
@@ -144,6 +149,18 @@ def test_non_finite_loss_raises_diverged_error():
     run = make_run("modular_addition", {**SMALL, "optim.lr": 1e30}, epochs=3)
     with pytest.raises(DivergedError, match="non-finite .* at epoch"):
         _train(run, 3)
+
+
+def test_cli_trains_and_refuses_unknown_keys():
+    command = [sys.executable, "-m", "tvae.modular_addition", "--epochs", "3", "--every", "0"]
+    good = subprocess.run(command + [f"--set={k}={v}" for k, v in SMALL.items()], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert good.returncode == 0, good.stderr
+    result = json.loads(good.stdout.strip().splitlines()[-1])
+    assert result["epochs"] == 3 and result["overrides"] == SMALL and 0.0 <= result["final_heldout_acc"] <= 1.0
+    bad = subprocess.run(command + ["--set", "optim.weight_decy=1"], capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert bad.returncode == 2 and "unknown key 'optim.weight_decy'" in bad.stderr
 
 
 # ------------------------------------------------------------------------------------------- search space

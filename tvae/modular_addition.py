@@ -266,10 +266,10 @@ class ModularAdditionRun:
     """One training run; see the module docstring. Build with `make_run` or `load_run`."""
 
     def __init__(self, config: Config, *, epochs: int, seed: int, device: str) -> None:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
             raise ValueError(f"modular_addition: epochs must be a positive int, got {epochs!r}")
         self.config = config
-        self.epochs = epochs
+        self.epochs = int(epochs)
         self.epoch = 0
         self.seed = seed
         self.device = device
@@ -390,8 +390,6 @@ def load_run(directory: str | Path, *, device: str = "cpu") -> ModularAdditionRu
         run.bests = dict(state["bests"])
         run.last_row = state["last_row"]
         set_rng_state(state["rng"])
-    except FileNotFoundError:
-        raise
     except Exception as error:  # a torn, truncated or foreign file: say which file and why
         raise ValueError(f"modular_addition: cannot restore the checkpoint {path}: {error}") from error
     return run
