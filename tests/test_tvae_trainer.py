@@ -57,11 +57,20 @@ def test_heldout_metrics_when_train_fraction_below_one():
     assert other.split.heldout.tolist() == run.split.heldout.tolist()
 
 
-def test_resume_is_exact(tmp_path):
-    straight = make_run("ternary_vae", TINY, epochs=5, seed=1)
-    rows_straight = [straight.train_epoch() for _ in range(5)]
+# second case: homeostasis freezes encoder B at the first structure epoch, so the resumed epochs use the
+# cached outputs of a frozen encoder
+FREEZE_B = {"homeostasis.plateau_threshold": 10.0, "homeostasis.plateau_patience": 1, "homeostasis.window": 1,
+            "homeostasis.warmup_epochs": 0, "homeostasis.hysteresis_epochs": 1}
 
-    first = make_run("ternary_vae", TINY, epochs=5, seed=1)
+
+@pytest.mark.parametrize("extra", [{}, FREEZE_B], ids=["default", "encoder_B_frozen"])
+def test_resume_is_exact(tmp_path, extra):
+    straight = make_run("ternary_vae", TINY | extra, epochs=5, seed=1)
+    rows_straight = [straight.train_epoch() for _ in range(5)]
+    if extra:
+        assert rows_straight[2]["frozen_encoder_B"] is True    # frozen when the run is saved after epoch 3
+
+    first = make_run("ternary_vae", TINY | extra, epochs=5, seed=1)
     rows = [first.train_epoch() for _ in range(3)]
     first.save(tmp_path)
     del first
@@ -93,3 +102,10 @@ def test_cli_resume_gives_the_same_rows_as_a_straight_run(tmp_path):
     final = json.loads((tmp_path / "b" / "final.json").read_text())
     assert final["epoch"] == 3 and final["status"] == "completed" and "best_train_Q" in final
     assert (tmp_path / "b" / "config.yaml").read_text().startswith("preset: tiny")
+
+
+def test_learnable_curvature_receives_gradients():
+    run = make_run("ternary_vae", TINY | {"model.learnable_curvature": True}, epochs=3, seed=0)
+    rows = [run.train_epoch() for _ in range(3)]
+    assert rows[0]["curvature"] != 1.0 and rows[2]["curvature"] != rows[1]["curvature"]
+    assert all(math.isfinite(r["train_hierarchy_B"]) for r in rows)

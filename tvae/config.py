@@ -128,8 +128,10 @@ class RankConfig:
 
 @dataclass
 class ZeroConfig:
-    valuation_weight: float = 0.25    # upstream applied 0.5 twice: effective 0.25
-    sparsity_weight: float = 0.15     # upstream 0.3 x 0.5: effective 0.15
+    # Off by default (see tvae/README.md): upstream's term counts leading 0 trits instead of the valuation's
+    # leading -1 trits and fights the hierarchy. Upstream's effective weights were 0.25 and 0.15.
+    valuation_weight: float = 0.0
+    sparsity_weight: float = 0.0
     target_correlation: float = -0.3
 
 

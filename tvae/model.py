@@ -13,6 +13,20 @@ from tvae.geometry import log0
 _HIDDEN = (256, 128, 64)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout with a uniform-threshold mask: the distribution of nn.Dropout, about 2x cheaper on a CPU
+    than its Bernoulli sampler for these small activations."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+
+
 class Encoder(nn.Module):
     """9 -> 256 -> 128 -> 64 -> (mu, logvar) in R^d. ``relu``: Linear-ReLU (the published checkpoint's shape);
     ``improved``: Linear-LayerNorm-SiLU-Dropout (no dropout after the last block), logvar clamped."""
@@ -26,7 +40,7 @@ class Encoder(nn.Module):
             if kind == "improved":
                 layers += [nn.LayerNorm(h), nn.SiLU()]
                 if i < len(_HIDDEN) - 1:
-                    layers.append(nn.Dropout(dropout))
+                    layers.append(Dropout(dropout))
             else:
                 layers.append(nn.ReLU())
             width = h
@@ -52,7 +66,7 @@ class Decoder(nn.Module):
         width = latent_dim
         for h in (32, 64):
             layers.append(nn.Linear(width, h))
-            layers += [nn.LayerNorm(h), nn.SiLU(), nn.Dropout(dropout)] if kind == "improved" else [nn.ReLU()]
+            layers += [nn.LayerNorm(h), nn.SiLU(), Dropout(dropout)] if kind == "improved" else [nn.ReLU()]
             width = h
         layers.append(nn.Linear(width, 27))
         self.net = nn.Sequential(*layers)
@@ -70,7 +84,7 @@ class Projection(nn.Module):
         d_layers: list[nn.Module] = []
         width = latent_dim
         for _ in range(n_layers):
-            d_layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.SiLU(), nn.Dropout(dropout)]
+            d_layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.SiLU(), Dropout(dropout)]
             width = hidden
         last = nn.Linear(width, latent_dim)
         nn.init.zeros_(last.weight)
@@ -80,7 +94,7 @@ class Projection(nn.Module):
         r_layers: list[nn.Module] = []
         width = latent_dim
         for _ in range(n_layers):
-            r_layers += [nn.Linear(width, r_hidden), nn.SiLU(), nn.Dropout(dropout)]
+            r_layers += [nn.Linear(width, r_hidden), nn.SiLU(), Dropout(dropout)]
             width = r_hidden
         r_last = nn.Linear(width, 1)
         nn.init.zeros_(r_last.bias)

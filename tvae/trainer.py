@@ -39,7 +39,7 @@ def make_optimizer(cfg: Config, groups: list[dict[str, Any]]) -> torch.optim.Opt
         import geoopt  # lazy: its import is slow
 
         return geoopt.optim.RiemannianAdam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    return torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, foreach=True)
+    return torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
 
 
 def phase_of(cfg: Config, epoch: int) -> str:
@@ -117,7 +117,8 @@ class TernaryRun:
         self.optimizer = make_optimizer(cfg, groups)
         self.homeostasis = Homeostasis(cfg.homeostasis, start_epoch=cfg.phases.structure_start)
         self.r_orig: torch.Tensor | None = None      # reference radii of z_B at the start of the structure phase
-        self._cache_A: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (mu, logvar) of every operation for each frozen encoder: a frozen encoder's outputs cannot change
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.bests: dict[str, float] = {}
         self.best_epochs: dict[str, int] = {}
         self.last_row: dict[str, Any] | None = None
@@ -156,18 +157,19 @@ class TernaryRun:
             mu_B, _ = self.model.encoder_B(self.trits)
             # upstream's reference for the richness ratio: the Euclidean norm of z_B at the start (see README)
             self.r_orig = self.model.proj_B(mu_B).norm(dim=-1).clone()
-        self._cache_A = None
+        self._cache.clear()
 
-    def _encoder_A_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """mu_A, logvar_A of every operation, cached while encoder A is frozen (its outputs cannot change)."""
-        if self._cache_A is None:
-            was_training = self.model.encoder_A.training
-            self.model.encoder_A.eval()
+    def _frozen_outputs(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of every operation from the frozen encoder ``name`` (eval mode), computed once."""
+        if name not in self._cache:
+            encoder = getattr(self.model, name)
+            was_training = encoder.training
+            encoder.eval()
             with torch.inference_mode(False), torch.no_grad():
-                mu, lv = self.model.encoder_A(self.trits)
-            self.model.encoder_A.train(was_training)
-            self._cache_A = (mu.clone(), lv.clone())
-        return self._cache_A
+                mu, lv = encoder(self.trits)
+            encoder.train(was_training)
+            self._cache[name] = (mu.clone(), lv.clone())
+        return self._cache[name]
 
     def _set_lrs(self, phase: str, trainable: dict[str, bool]) -> float:
         o = self.cfg.optim
@@ -204,7 +206,7 @@ class TernaryRun:
         return row
 
     def _train_epoch(self) -> dict[str, Any]:
-        t_start = time.perf_counter()
+        t_start, c_start = time.perf_counter(), time.process_time()
         cfg, model = self.cfg, self.model
         phase = phase_of(cfg, self.epoch)
         if phase != "coverage" and self.r_orig is None:
@@ -214,10 +216,9 @@ class TernaryRun:
             module = getattr(model, name)
             module.train(trainable[name])
             module.requires_grad_(trainable[name])
-        if not trainable["encoder_A"] and phase != "coverage":
-            self._encoder_A_outputs()
-        else:
-            self._cache_A = None
+        for name in ("encoder_A", "encoder_B"):
+            if trainable[name] or phase == "coverage":
+                self._cache.pop(name, None)
         lr = self._set_lrs(phase, trainable)
         params = [p for p in model.parameters() if p.requires_grad]
         before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
@@ -229,7 +230,7 @@ class TernaryRun:
 
         # --- the one host synchronisation of the training part
         term_values = (sums / steps).tolist()
-        t_train = time.perf_counter()
+        t_train, c_train = time.perf_counter(), time.process_time()
         grad_norm = float(grad_sum) / steps
         terms = dict(zip(TERMS, term_values))
         for name, value in terms.items():
@@ -240,7 +241,8 @@ class TernaryRun:
                         for name in TernaryVAE.MODULES}
         row: dict[str, Any] = {"epoch": self.epoch, "phase": phase}
         row.update(self._evaluate(phase))
-        self.timings = {"train_s": t_train - t_start, "eval_s": time.perf_counter() - t_train}
+        self.timings = {"train_s": t_train - t_start, "eval_s": time.perf_counter() - t_train,
+                        "train_cpu_s": c_train - c_start, "eval_cpu_s": time.process_time() - c_train}
         row["loss"] = sum(term_values)
         row.update({f"loss_{k}": v for k, v in terms.items()})
         row["lr"] = lr
@@ -251,10 +253,7 @@ class TernaryRun:
         if phase != "coverage":
             events = self.homeostasis.update(self.epoch, row["train_coverage"], row["train_hierarchy_A"],
                                              row["train_hierarchy_B"], row["train_dist_corr"])
-            if events:
-                self.events.extend(events)
-                if self.homeostasis.frozen["encoder_A"] is False:
-                    self._cache_A = None
+            self.events.extend(events)
         frozen = self._trainable(phase) if phase != "coverage" else trainable
         row["frozen_encoder_A"] = not frozen["encoder_A"]
         row["frozen_encoder_B"] = not frozen["encoder_B"]
@@ -329,37 +328,43 @@ class TernaryRun:
         delta = (L.radial.outer_radius - L.radial.inner_radius) / 9
         rich = L.rich
         ab = torch.tensor([L.a_path_weight, 1.0], device=dev)            # weights of the A and B paths
-        enc_A_trains = model.encoder_A.training and any(p.requires_grad for p in model.encoder_A.parameters())
-        enc_B_trains = any(p.requires_grad for p in model.encoder_B.parameters())
-        cache = None if enc_A_trains else self._encoder_A_outputs()
+        both_paths = L.a_path_weight != 0.0
+        use_zero = L.zero.valuation_weight != 0.0 or L.zero.sparsity_weight != 0.0   # skip a switched-off term
+        frozen = self.homeostasis.frozen
+        cache_A = self._frozen_outputs("encoder_A") if frozen["encoder_A"] else None
+        cache_B = self._frozen_outputs("encoder_B") if frozen["encoder_B"] else None
         sums = torch.zeros(len(TERMS), device=dev)
         grad_sum = torch.zeros((), device=dev)
         zero = torch.zeros((), device=dev)
         for s in range(S):
             idx = batches[s]
             x, v = self.trits[idx], v_b[s]
-            if cache is None:
-                mu_A, lv_A = model.encoder_A(x)
-            else:
-                mu_A, lv_A = cache[0][idx], cache[1][idx]
-            with torch.set_grad_enabled(enc_B_trains):
-                mu_B, lv_B = model.encoder_B(x)
+            mu_A, lv_A = model.encoder_A(x) if cache_A is None else (cache_A[0][idx], cache_A[1][idx])
+            mu_B, lv_B = model.encoder_B(x) if cache_B is None else (cache_B[0][idx], cache_B[1][idx])
             z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A))
             z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B))
             c = model.curvature()
-            z = torch.stack([z_A, z_B])                               # (2, B, d)
-            r = radius(z, c)                                         # (2, B)
+            if both_paths:                                           # A and B stacked: (2, B, d), (2, B)
+                z = torch.stack([z_A, z_B])
+                r = radius(z, c)
+                r_B = r[1]
+            else:                                                    # B only (loss.a_path_weight = 0)
+                z = z_B
+                r = r_B = radius(z_B, c)
+            per_path = (lambda t: ab @ t) if both_paths else (lambda t: t)  # noqa: E731
             recon = rich.coverage_weight * losses.reconstruction(model.decoder(log0(z_A, c)), self.classes[idx])
-            h, richness, sep = losses.rich_hierarchy(r[1], r_orig_b[s], onehot[s], counts[s], self.targets,
+            h, richness, sep = losses.rich_hierarchy(r_B, r_orig_b[s], onehot[s], counts[s], self.targets,
                                                      present[s], var_levels[s], self.sep_lo, self.sep_hi,
                                                      rich.min_richness_ratio, rich.separation_margin)
             h, richness, sep = rich.hierarchy_weight * h, rich.richness_weight * richness, rich.separation_weight * sep
-            radial = w_rad * ab @ losses.radial(r, v, self.targets, self.radial_weights, rad_i[s], rad_j[s], delta,
-                                                L.radial.margin_weight)
-            rank = L.rank.weight * ab @ losses.rank(r, v, rank_i[s], rank_j[s], L.rank.temperature)
-            zero_s = ab @ losses.zero_structure(r, zero_t[s], n0_std[s], L.zero.valuation_weight,
-                                                L.zero.sparsity_weight, L.zero.target_correlation)
-            geo = L.geodesic.weight * ab @ losses.geodesic(z, geo_t[s], geo_i[s], geo_j[s], c) if geometry else zero
+            radial = w_rad * per_path(losses.radial(r, v, self.targets, self.radial_weights, rad_i[s], rad_j[s],
+                                                    delta, L.radial.margin_weight))
+            rank = L.rank.weight * per_path(losses.rank(r, v, rank_i[s], rank_j[s], L.rank.temperature))
+            zero_s = (per_path(losses.zero_structure(r, zero_t[s], n0_std[s], L.zero.valuation_weight,
+                                                     L.zero.sparsity_weight, L.zero.target_correlation))
+                      if use_zero else zero)
+            geo = (L.geodesic.weight * per_path(losses.geodesic(z, geo_t[s], geo_i[s], geo_j[s], c))
+                   if geometry else zero)
             loss = recon + h + richness + sep + radial + rank + zero_s + geo
             grad_sum += self._step(loss, params)
             sums += torch.stack([recon, zero, h, richness, sep, radial, rank, zero_s, geo]).detach()
@@ -375,9 +380,9 @@ class TernaryRun:
                 mu_A = model.encoder_A(self.trits)[0]
                 mu_B = mu_A
             else:
-                frozen_A = self.homeostasis.frozen["encoder_A"]
-                mu_A = self._encoder_A_outputs()[0] if frozen_A else model.encoder_A(self.trits)[0]
-                mu_B = model.encoder_B(self.trits)[0]
+                frozen = self.homeostasis.frozen
+                mu_A = self._frozen_outputs("encoder_A")[0] if frozen["encoder_A"] else model.encoder_A(self.trits)[0]
+                mu_B = self._frozen_outputs("encoder_B")[0] if frozen["encoder_B"] else model.encoder_B(self.trits)[0]
             z_A = model.proj_A(mu_A)
             z_B = z_A if phase == "coverage" else model.proj_B(mu_B)   # B is tied to A until e1
             r_A, r_B = radius(z_A, c), radius(z_B, c)
@@ -469,7 +474,7 @@ class TernaryRun:
         self.last_row = state["last_row"]
         self.events = list(state["events"])
         self.epoch = int(state["epoch"])
-        self._cache_A = None
+        self._cache.clear()
 
 
 # ---------------------------------------------------------------------------------------------- task API
