@@ -65,7 +65,7 @@ class CoverageConfig:
 
 @dataclass
 class OptimConfig:
-    # riemannian_adam: geoopt.optim.RiemannianAdam. adam: torch.optim.Adam(foreach=True) with coupled L2 -- the
+    # riemannian_adam: geoopt.optim.RiemannianAdam. adam: torch.optim.Adam(fused=True) with coupled L2 -- the
     # same update for Euclidean parameters (all of this model's), about 4x cheaper per step on a CPU.
     optimizer: Literal["adam", "riemannian_adam"] = "adam"
     lr: float = 1e-3

@@ -264,7 +264,10 @@ class TernaryRun:
     def _step(self, loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_grad_norm, foreach=True)
+        grads = [p.grad for p in params if p.grad is not None]
+        # global-norm clipping as torch.nn.utils.clip_grad_norm_ computes it, without its per-tensor copies
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        torch._foreach_mul_(grads, (self.cfg.optim.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
         self.optimizer.step()
         return norm
 
