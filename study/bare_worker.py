@@ -19,9 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     run = tasks.make_run(spec["task"], spec["overrides"], epochs=spec["epochs"], seed=spec["seed"],
                          device=spec.get("device", "cpu"))
+    built = time.perf_counter()
+    epoch_seconds = []
     while run.epoch < run.epochs:
-        run.train_epoch()
-    print(json.dumps({"epochs": run.epoch, "seconds": time.perf_counter() - start}))
+        epoch_seconds.append(float(run.train_epoch()["epoch_seconds"]))
+    print(json.dumps({"epochs": run.epoch, "seconds": time.perf_counter() - start,
+                      "build_seconds": built - start, "epoch_seconds": epoch_seconds}))
     return 0
 
 

@@ -4,7 +4,8 @@
    EPOCHS epochs, CONCURRENCY at once with --cpus-per-trial CPUs (and --gpus-per-trial GPUs) each; timed over
    `Tuner.fit()` (Ray's own start-up is reported apart: a study pays it once).
 2. The bare trainer (`study.bare_worker`, one process per trial, no Ray) on the *same* trials' overrides, the
-   same number at once; timed from the first process start to the last exit.
+   same number at once, with the thread limits Ray gives its workers (1 torch thread, OMP_NUM_THREADS=1);
+   timed from the first process start to the last exit.
 Both include process/actor start-up, imports and building each run. Prints a table and one JSON line.
 
 On a GPU, --gpus-per-trial 0.25 --concurrency 4 packs four trials on one card: the study figure is then the
@@ -31,9 +32,9 @@ def _overrides(space, params: dict) -> dict:
     return {**space.fixed, **space.define(optuna.trial.FixedTrial(params))}
 
 
-def run_study(space, config, location) -> tuple[float, float, list[dict]]:
-    """(Ray start-up seconds, fit seconds, the trials' params)."""
-    from study import cluster, trials_table, tune_driver
+def run_study(space, config, location) -> tuple[float, float, list[dict], list[float]]:
+    """(Ray start-up seconds, fit seconds, the trials' params, every row's epoch_seconds)."""
+    from study import cluster, recorder, trials_table, tune_driver
 
     t0 = time.perf_counter()
     cluster.start(None, dashboard_port=None)
@@ -49,15 +50,19 @@ def run_study(space, config, location) -> tuple[float, float, list[dict]]:
     rows = trials_table.read(location).to_pylist()
     params = [{k[len("param_"):]: v for k, v in r.items() if k.startswith("param_") and v is not None}
               for r in rows]
-    return t1 - t0, t2 - t1, params
+    epoch_seconds = recorder.read_epochs(location, columns=["epoch_seconds"])["epoch_seconds"].to_pylist()
+    return t1 - t0, t2 - t1, params, epoch_seconds
 
 
 def run_bare(space, params: list[dict], epochs: int, seed: int, concurrency: int, device: str,
-             threads: int) -> float:
-    """Wall seconds for the bare trainer to train every trial, ``concurrency`` processes at once."""
+             threads: int, epoch_seconds: list[float] | None = None) -> float:
+    """Wall seconds for the bare trainer to train every trial, ``concurrency`` processes at once (each
+    epoch's own seconds are appended to ``epoch_seconds``)."""
     specs = [json.dumps({"task": space.task, "overrides": _overrides(space, p), "epochs": epochs, "seed": seed,
                          "device": device, "threads": threads}) for p in params]
-    env = dict(os.environ)
+    # the same thread limits Ray gives its workers (OMP_NUM_THREADS = the task's CPUs; numpy's BLAS follows it),
+    # so the comparison is not skewed by BLAS threads oversubscribing the cores
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, int(threads))))
     start = time.perf_counter()
     running: list[subprocess.Popen] = []
     while specs or running:
@@ -69,6 +74,8 @@ def run_bare(space, params: list[dict], epochs: int, seed: int, concurrency: int
                 out = proc.stdout.read()
                 if proc.returncode != 0:
                     raise RuntimeError(f"bare worker failed ({proc.returncode}): {out}")
+                if epoch_seconds is not None:
+                    epoch_seconds.extend(json.loads(out.strip().splitlines()[-1])["epoch_seconds"])
                 running.remove(proc)
         time.sleep(0.05)
     return time.perf_counter() - start
@@ -78,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default="baseline", help="search space (default baseline: the v5.12.4 recipe)")
-    parser.add_argument("--trials", type=int, default=4, help="trials (default 4)")
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per trial (default 15)")
+    parser.add_argument("--trials", type=int, default=2, help="trials (default 2)")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs per trial (default 30)")
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once (default 2)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default 0)")
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     space = search_spaces.get(args.space)
     device = "cuda" if args.gpus_per_trial > 0 else "cpu"
     ray_s, study_s, bare_s = [], [], []
+    study_epoch_s: list[float] = []
+    bare_epoch_s: list[float] = []
     params: list[dict] | None = None
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="tvae-bench-") as tmp:
@@ -109,12 +118,15 @@ def main(argv: list[str] | None = None) -> int:
             location.makedirs(location.path)
             bare_first = params is not None and repeat % 2 == 1
             if bare_first:
-                bare_s.append(run_bare(space, params, args.epochs, config.seed, args.concurrency, device, 1))
-            started, fitted, params = run_study(space, config, location)
+                bare_s.append(run_bare(space, params, args.epochs, config.seed, args.concurrency, device, 1,
+                                       bare_epoch_s))
+            started, fitted, params, rows = run_study(space, config, location)
+            study_epoch_s.extend(rows)
             ray_s.append(started)
             study_s.append(fitted)
             if not bare_first:
-                bare_s.append(run_bare(space, params, args.epochs, config.seed, args.concurrency, device, 1))
+                bare_s.append(run_bare(space, params, args.epochs, config.seed, args.concurrency, device, 1,
+                                       bare_epoch_s))
     work = args.trials * args.epochs
     study_rate, bare_rate = work / statistics.median(study_s), work / statistics.median(bare_s)
     ratio = study_rate / bare_rate
@@ -122,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'bare trainer':24}{statistics.median(bare_s):>10.1f}{bare_rate:>16.3f}")
     print(f"{'study (Tuner.fit)':24}{statistics.median(study_s):>10.1f}{study_rate:>16.3f}")
     print(f"{'  + Ray start-up':24}{statistics.median(ray_s):>10.1f}")
+    print(f"median seconds per epoch inside a trial: bare {statistics.median(bare_epoch_s):.3f}, "
+          f"study {statistics.median(study_epoch_s):.3f}")
     print(f"study / bare: {ratio:.1%}  ({args.trials} trials × {args.epochs} epochs, {args.concurrency} at once, "
           f"{args.cpus_per_trial} CPU + {args.gpus_per_trial} GPU each, space {space.name}, "
           f"{args.repeats} repeat(s), medians)")
@@ -130,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                       "gpus_per_trial": args.gpus_per_trial, "checkpoint_every": args.checkpoint_every,
                       "repeats": args.repeats, "bare_seconds": bare_s, "study_seconds": study_s,
                       "ray_start_seconds": ray_s, "bare_trial_epochs_per_s": bare_rate,
-                      "study_trial_epochs_per_s": study_rate, "study_over_bare": ratio}))
+                      "study_trial_epochs_per_s": study_rate, "study_over_bare": ratio,
+                      "bare_median_epoch_seconds": statistics.median(bare_epoch_s),
+                      "study_median_epoch_seconds": statistics.median(study_epoch_s)}))
     return 0
 
 
