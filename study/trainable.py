@@ -46,6 +46,9 @@ class TrialSettings:
     metric: str
     mode: str
     fixed: dict[str, Any]
+    # epochs after which the scheduler may stop the trial (ASHA rungs): the buffered rows reach disk first, so a
+    # stopped trial keeps every epoch it trained (the part ends there; no checkpoint is needed for that)
+    flush_at: tuple[int, ...] = ()
 
 
 def _scalar_metrics(row: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +179,9 @@ def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                 (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": run.epoch, "attempt": attempt}))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))  # ... then checkpoint
         else:
+            if run.epoch in settings.flush_at:
+                recorder.write_part(location, trial_id, buffer)
+                buffer = []
             tune.report(metrics)
 
 

@@ -250,7 +250,15 @@ def _settings(space: SearchSpace, config: StudyConfig, location: StudyLocation) 
                          epochs=config.epochs, seed=config.seed, device=config.device,
                          checkpoint_every=config.checkpoint_every, threads=config.threads_per_trial,
                          metric=space.metric, mode=space.mode,
-                         fixed={**space.fixed, **config.extra.get("set", {})})
+                         fixed={**space.fixed, **config.extra.get("set", {})},
+                         flush_at=stop_epochs(make_scheduler(space, config)))
+
+
+def stop_epochs(scheduler: TrialScheduler) -> tuple[int, ...]:
+    """The epochs at which ``scheduler`` may stop a trial (the rungs of ASHA; none for FIFO)."""
+    if not isinstance(scheduler, AsyncHyperBandScheduler):
+        return ()
+    return tuple(sorted({int(milestone) for bracket in scheduler._brackets for milestone, _ in bracket._rungs}))
 
 
 def _absolute(results: str) -> str:
@@ -294,6 +302,9 @@ def build_tuner(space: SearchSpace, config: StudyConfig, location: StudyLocation
 
 def fit(tuner: tune.Tuner, requested: int) -> Outcome:
     grid = tuner.fit()
+    # trials the scheduler stopped early are finished (PRUNED), not unfinished: else the study would report
+    # itself interrupted, and every resume would again
+    stopped = getattr(tuner._local_tuner._tune_config.scheduler, "stopped", {})
     statuses: dict[str, str] = {}
     for result in grid:
         metrics = result.metrics or {}
@@ -304,6 +315,8 @@ def fit(tuner: tune.Tuner, requested: int) -> Outcome:
             statuses[trial_id] = "COMPLETED"
         elif result.error is not None:
             statuses[trial_id] = "ERROR"
+        elif trial_id in stopped:
+            statuses[trial_id] = "PRUNED"
         else:
             statuses[trial_id] = "UNFINISHED"
     return statuses_outcome(statuses, requested)

@@ -248,8 +248,9 @@ def _check_trials(trials: list[dict[str, Any]] | None, row_counts: dict[str, int
         if t["status"] == "COMPLETED" and (stored != epochs or done != epochs):
             report.add("trials", f"trial {t['trial_id']} is COMPLETED but has {stored} epoch rows and "
                                  f"epochs_done {done} (expected {epochs})")
-        elif t["status"] == "DIVERGED" and stored != done:
-            report.add("trials", f"trial {t['trial_id']} DIVERGED after {done} epochs but has {stored} epoch rows")
+        elif t["status"] in ("DIVERGED", "PRUNED") and stored != done:
+            report.add("trials", f"trial {t['trial_id']} {t['status']} after {done} epochs but has {stored} epoch "
+                                 "rows")
         elif t["status"] in ("DIVERGED", "ERROR") and not t.get("reason"):
             report.add("trials", f"trial {t['trial_id']} is {t['status']} without a reason")
         if stored > max(done, 0) and t["status"] in FINISHED:

@@ -61,3 +61,23 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(stu
     assert set(retries) == {claims["raise"], claims["oom"]}
     assert all(t.state.name == "COMPLETE" for t in retries.values())
     assert_invariants(study_dir)
+
+
+@pytest.mark.chaos
+def test_trials_stopped_by_the_scheduler_keep_their_rows_and_the_study_completes(studies, tmp_path):
+    """grokking_asha stops weak trials at a rung that is not a checkpoint: their rows up to the stop are kept,
+    they count as finished (PRUNED, Optuna told), and the study exits 0 instead of calling itself interrupted."""
+    results = tmp_path / "results"
+    rc, out = studies.run("--space", "smoke", "--name", "asha", "--trials", "6", "--epochs", "8",
+                          "--checkpoint-every", "4", "--scheduler", "grokking_asha", "--grace-period", "1",
+                          "--concurrency", "2", "--results", str(results))
+    assert rc == 0, out[-3000:]
+    study_dir = results / "asha"
+    rows = trials_rows(study_dir)
+    pruned = [r for r in rows if r["status"] == "PRUNED"]
+    assert pruned and all("stopped by grokking_asha" in r["reason"] for r in pruned)
+    assert all(r["epochs_done"] % 4 != 0 for r in pruned)       # stopped between two checkpoints
+    study = load_study(StudyLocation.open(str(results), "asha"))
+    states = {t.user_attrs["tune_trial_id"]: t.state.name for t in study.trials}
+    assert all(states[r["trial_id"]] == "PRUNED" for r in pruned)
+    assert_invariants(study_dir)                                   # PRUNED: a row for each epoch it trained
