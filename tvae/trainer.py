@@ -110,10 +110,11 @@ class TernaryRun:
         np.random.seed(cfg.seed % 2 ** 32)
         random.seed(cfg.seed)
         self.model = TernaryVAE(cfg.model).to(dev)
-        groups = [{"params": list(getattr(self.model, name).parameters()), "name": name}
-                  for name in TernaryVAE.MODULES]
+        module_params = {name: list(getattr(self.model, name).parameters()) for name in TernaryVAE.MODULES}
         if cfg.model.learnable_curvature:
-            groups.append({"params": [self.model.raw_curvature], "name": "curvature"})
+            module_params["curvature"] = [self.model.raw_curvature]
+        self._flatten(module_params)
+        groups = [{"params": [self._flat_params[name]], "name": name} for name in module_params]
         self.optimizer = make_optimizer(cfg, groups)
         self.homeostasis = Homeostasis(cfg.homeostasis, start_epoch=cfg.phases.structure_start)
         self.r_orig: torch.Tensor | None = None      # reference radii of z_B at the start of the structure phase
@@ -125,6 +126,30 @@ class TernaryRun:
         self.events: list[str] = []
         self.timings: dict[str, float] = {}           # seconds of the last epoch: train_s, eval_s
         self._rng = self._capture_rng()
+
+    def _flatten(self, module_params: dict[str, list[torch.nn.Parameter]]) -> None:
+        """All parameters become views into one flat buffer, their gradients views into one flat gradient
+        buffer (autograd accumulates into them in place). The optimiser sees one flat tensor per module (a
+        view of that module's contiguous segment), so clipping is two ops on the whole gradient buffer
+        (frozen modules' gradients stay 0) and Adam updates a few large tensors instead of many small ones."""
+        all_params = [p for ps in module_params.values() for p in ps]
+        n = sum(p.numel() for p in all_params)
+        ref = all_params[0]
+        self._flat = torch.zeros(n, dtype=ref.dtype, device=ref.device)
+        self._flat_grad = torch.zeros(n, dtype=ref.dtype, device=ref.device)
+        self._flat_params: dict[str, torch.Tensor] = {}
+        self._flat_grads: dict[str, torch.Tensor] = {}
+        off = 0
+        for name, ps in module_params.items():
+            start = off
+            for p in ps:
+                k = p.numel()
+                self._flat[off:off + k].copy_(p.detach().reshape(-1))
+                p.data = self._flat[off:off + k].view_as(p)
+                p.grad = self._flat_grad[off:off + k].view_as(p)
+                off += k
+            self._flat_params[name] = self._flat[start:off]
+            self._flat_grads[name] = self._flat_grad[start:off]
 
     # ------------------------------------------------------------------ RNG isolation
     def _capture_rng(self) -> dict[str, Any]:
@@ -220,7 +245,9 @@ class TernaryRun:
             if trainable[name] or phase == "coverage":
                 self._cache.pop(name, None)
         lr = self._set_lrs(phase, trainable)
-        params = [p for p in model.parameters() if p.requires_grad]
+        for name, flat in self._flat_params.items():      # frozen modules: no gradient, no Adam update
+            flat.grad = self._flat_grads[name] if trainable.get(name, True) else None
+        params = None
         before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
 
         if phase == "coverage":
@@ -262,12 +289,13 @@ class TernaryRun:
         return row
 
     def _step(self, loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
+        g = self._flat_grad
+        g.zero_()
         loss.backward()
-        grads = [p.grad for p in params if p.grad is not None]
-        # global-norm clipping as torch.nn.utils.clip_grad_norm_ computes it, without its per-tensor copies
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        torch._foreach_mul_(grads, (self.cfg.optim.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
+        # global-norm clipping (torch.nn.utils.clip_grad_norm_'s formula) on the flat gradient buffer: the
+        # frozen modules' segments are 0, so the norm is the norm over the trainable parameters
+        norm = torch.linalg.vector_norm(g)
+        g.mul_((self.cfg.optim.max_grad_norm / (norm + 1e-6)).clamp_(max=1.0))
         self.optimizer.step()
         return norm
 
