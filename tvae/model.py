@@ -42,7 +42,7 @@ class Encoder(nn.Module):
                 if i < len(_HIDDEN) - 1:
                     layers.append(Dropout(dropout))
             else:
-                layers.append(nn.ReLU())
+                layers.append(nn.ReLU(inplace=True))
             width = h
         self.body = nn.Sequential(*layers)
         # mu and logvar heads as one Linear (one matmul); split on output
@@ -66,7 +66,7 @@ class Decoder(nn.Module):
         width = latent_dim
         for h in (32, 64):
             layers.append(nn.Linear(width, h))
-            layers += [nn.LayerNorm(h), nn.SiLU(), Dropout(dropout)] if kind == "improved" else [nn.ReLU()]
+            layers += [nn.LayerNorm(h), nn.SiLU(), Dropout(dropout)] if kind == "improved" else [nn.ReLU(inplace=True)]
             width = h
         layers.append(nn.Linear(width, 27))
         self.net = nn.Sequential(*layers)
