@@ -23,7 +23,7 @@ from tvae.schedules import cosine, lr_factor
 from tvae.tasks import DivergedError
 
 CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2   # 2: one flat optimiser tensor per module (version-1 optimiser state does not fit)
 PHASES = ("coverage", "structure", "geometry")
 TERMS = ("recon", "kl", "hierarchy", "richness", "separation", "radial", "rank", "zero", "geodesic")
 SPLIT_METRICS = ("coverage", "hierarchy_A", "hierarchy_B", "richness_A", "richness_B", "dist_corr",
