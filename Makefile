@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test chaos study bench clean
+.PHONY: setup test chaos study bench positive-control clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ study: setup
 
 bench: setup
 	$(PY) -m tvae.bench --threads 1
+
+# The modular-addition study known to grok (SPEC §6.4), then its report.
+positive-control: setup
+	$(PY) -m study.run --space modular_addition --name positive-control --trials 8 --resume
+	$(PY) -m analysis.report results/positive-control
 
 clean:
 	rm -rf $(VENV) .pytest_cache
