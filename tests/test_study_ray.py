@@ -95,7 +95,7 @@ def _wait_until(predicate, timeout: float, what: str, driver: Driver | None = No
         if driver is not None and driver.proc.poll() is not None:
             raise AssertionError(f"driver exited ({driver.proc.returncode}) while waiting for {what}:\n"
                                  f"{driver.output[-3000:]}")
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -189,7 +189,7 @@ def _running_with_checkpoint(study_dir: Path) -> str | None:
     location = StudyLocation.open(str(study_dir.parent), study_dir.name)
     for trial_id, status in statuses.items():
         parts = recorder.list_parts(location, trial_id) if status == "RUNNING" else []
-        if parts and parts[-1][1] < 3:   # checkpointed, with most of its epochs still to run
+        if parts and parts[-1][1] < 6:   # checkpointed, with at least 4 of its 10 epochs still to run
             return trial_id
     return None
 
@@ -204,7 +204,7 @@ def test_interrupted_study_resumes_to_exactly_the_requested_trials(tmp_path, sig
         _wait_until(lambda: _running_with_checkpoint(study_dir), 300, "a finished and a checkpointed trial",
                     driver)
         continuing = _running_with_checkpoint(study_dir)
-        time.sleep(0.5)  # let the driver register that checkpoint (Tune persists it before reporting it)
+        time.sleep(0.3)  # let the driver register that checkpoint (Tune persists it before reporting it)
         if sig == signal.SIGKILL:
             os.killpg(driver.proc.pid, signal.SIGKILL)
             driver.wait(timeout=30)
