@@ -61,6 +61,7 @@ class CoverageConfig:
     beta: float = 0.0
     free_bits: float = 0.0            # nats per latent dimension (clamp from below on batch-mean KL)
     radial_weight: float = 0.0        # optional radial pull of z_A towards the level targets, ramped 0 -> full by e1/2
+    weight_decay: float = 1e-4        # coupled L2 of the coverage phase only (optim.weight_decay is the later phases')
 
 
 @dataclass

@@ -202,13 +202,16 @@ class TernaryRun:
         if phase == "coverage":   # the foundation phase has its own cosine decay over [0, e1)
             base = self.cfg.coverage.lr * cosine(self.epoch, e1, self.cfg.coverage.min_lr_scale)
             scales = {"encoder_A": 1.0, "proj_A": 1.0, "decoder": o.lr_scale_decoder}
+            weight_decay = self.cfg.coverage.weight_decay
         else:                     # the main schedule counts epochs from the start of the structure phase
             base = o.lr * lr_factor(self.cfg.schedule, self.epoch - e1, self.epochs - e1)
             scales = {"encoder_A": o.lr_scale_encoder_A, "encoder_B": o.lr_scale_encoder_B,
                       "proj_A": o.lr_scale_projections, "proj_B": o.lr_scale_projections}
+            weight_decay = o.weight_decay
         scales["curvature"] = 1.0
         for group in self.optimizer.param_groups:
             group["lr"] = base * scales.get(group["name"], 0.0)
+            group["weight_decay"] = weight_decay
         return base
 
     # ------------------------------------------------------------------ one epoch
