@@ -27,7 +27,7 @@ chaos: setup
 	$(PY) -m pytest -m chaos -q
 
 study: setup
-	$(PY) -m study.run --space grokking --name grokking-demo --trials 8 --epochs 40 --concurrency 2 --resume
+	$(PY) -m study.run --space grokking --name grokking-demo --trials 8 --epochs 120 --concurrency 2 --resume
 
 bench: setup
 	$(PY) -m tvae.bench --threads 1
