@@ -33,13 +33,28 @@ BEST_DIRECTION = {"coverage": max, "hierarchy_A": min, "hierarchy_B": min, "dist
                   "padic_dist_corr": max, "Q": max}
 
 
-def make_optimizer(cfg: Config, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """RiemannianAdam (geoopt) or torch Adam with coupled L2: identical updates on Euclidean parameters."""
+def make_optimizer(cfg: Config, groups: list[dict[str, Any]], device: torch.device) -> torch.optim.Optimizer:
+    """RiemannianAdam (geoopt) or torch Adam with coupled L2: identical updates on Euclidean parameters.
+
+    On a GPU the torch Adam is capturable (its step counts and per-group learning rates are device tensors),
+    so a CUDA graph can record it; `set_lr` writes a new learning rate into such a tensor."""
     if cfg.optim.optimizer == "riemannian_adam":
         import geoopt  # lazy: its import is slow
 
         return geoopt.optim.RiemannianAdam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    if device.type == "cuda":
+        for group in groups:
+            group["lr"] = torch.tensor(cfg.optim.lr, dtype=torch.float32, device=device)
+        return torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True,
+                                capturable=True)
     return torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
+
+
+def set_lr(group: dict[str, Any], value: float) -> None:
+    if torch.is_tensor(group["lr"]):
+        group["lr"].fill_(value)         # in place: a captured optimiser step reads this tensor
+    else:
+        group["lr"] = value
 
 
 def phase_of(cfg: Config, epoch: int) -> str:
@@ -74,7 +89,7 @@ class _SplitEval:
 class TernaryRun:
     """One training run. ``epoch`` = epochs completed; ``train_epoch()`` trains the next one."""
 
-    def __init__(self, cfg: Config, device: str = "cpu"):
+    def __init__(self, cfg: Config, device: str = "cpu", cuda_graphs: bool = True):
         self.cfg = cfg
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -101,6 +116,7 @@ class TernaryRun:
         self.radial_weights = 1.0 + torch.exp(rad.valuation_exponent * torch.arange(10, dtype=torch.float32, device=dev))
         present = (self.sampler.draws_per_level > 0).nonzero().flatten()
         self.sep_lo, self.sep_hi = present[:-1].to(dev), present[1:].to(dev)
+        self.path_weights = torch.tensor([cfg.loss.a_path_weight, 1.0], device=dev)   # weights of the A and B paths
         self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1)}
         if len(self.split.heldout):
             self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2)
@@ -115,7 +131,7 @@ class TernaryRun:
             module_params["curvature"] = [self.model.raw_curvature]
         self._flatten(module_params)
         groups = [{"params": [self._flat_params[name]], "name": name} for name in module_params]
-        self.optimizer = make_optimizer(cfg, groups)
+        self.optimizer = make_optimizer(cfg, groups, dev)
         self.homeostasis = Homeostasis(cfg.homeostasis, start_epoch=cfg.phases.structure_start)
         self.r_orig: torch.Tensor | None = None      # reference radii of z_B at the start of the structure phase
         # (mu, logvar) of every operation for each frozen encoder: a frozen encoder's outputs cannot change
@@ -126,6 +142,12 @@ class TernaryRun:
         self.events: list[str] = []
         self.timings: dict[str, float] = {}           # seconds of the last epoch: train_s, eval_s
         self._rng = self._capture_rng()
+        # GPU: each epoch's steps replay as one CUDA graph (tvae/cuda_graphs.py); geoopt's optimiser is not capturable
+        self.graphs = None
+        if dev.type == "cuda" and cuda_graphs and cfg.optim.optimizer == "adam":
+            from tvae.cuda_graphs import EpochGraphs
+
+            self.graphs = EpochGraphs(dev)
 
     def _flatten(self, module_params: dict[str, list[torch.nn.Parameter]]) -> None:
         """All parameters become views into one flat buffer, their gradients views into one flat gradient
@@ -210,7 +232,7 @@ class TernaryRun:
             weight_decay = o.weight_decay
         scales["curvature"] = 1.0
         for group in self.optimizer.param_groups:
-            group["lr"] = base * scales.get(group["name"], 0.0)
+            set_lr(group, base * scales.get(group["name"], 0.0))
             group["weight_decay"] = weight_decay
         return base
 
@@ -250,13 +272,18 @@ class TernaryRun:
         lr = self._set_lrs(phase, trainable)
         for name, flat in self._flat_params.items():      # frozen modules: no gradient, no Adam update
             flat.grad = self._flat_grads[name] if trainable.get(name, True) else None
-        params = None
         before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
 
         if phase == "coverage":
-            sums, grad_sum, steps = self._coverage_epoch(params)
+            inputs, steps_fn = self._coverage_inputs(), self._coverage_steps
         else:
-            sums, grad_sum, steps = self._structure_epoch(phase, params)
+            inputs, steps_fn = self._structure_inputs(phase), lambda inp: self._structure_steps(inp, phase)
+        if self.graphs is None:
+            sums, grad_sum = steps_fn(inputs)
+        else:   # the graph key: everything the recorded steps depend on besides the inputs
+            key = (phase, tuple(sorted(trainable.items())), tuple(sorted(self.homeostasis.frozen.items())))
+            sums, grad_sum = self.graphs.run(key, steps_fn, inputs)
+        steps = int(inputs["steps"].shape[0])
 
         # --- the one host synchronisation of the training part
         term_values = (sums / steps).tolist()
@@ -291,7 +318,7 @@ class TernaryRun:
         row["curvature"] = float(model.curvature().detach())
         return row
 
-    def _step(self, loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    def _step(self, loss: torch.Tensor) -> torch.Tensor:
         g = self._flat_grad
         g.zero_()
         loss.backward()
@@ -309,19 +336,30 @@ class TernaryRun:
         j = torch.where(i == j, (j + 1) % batch, j)
         return i, j
 
-    def _coverage_epoch(self, params):
-        cfg, model = self.cfg, self.model
+    # Each phase's epoch = inputs (everything random or epoch-dependent, drawn up front) + steps (a pure loop
+    # over them: the part a CUDA graph records). ``inputs["steps"]`` is an empty (S, 0) tensor that carries S.
+    def _coverage_inputs(self) -> dict[str, torch.Tensor]:
+        cfg, dev = self.cfg, self.device
         cov, rad = cfg.coverage, cfg.loss.radial
-        batches = data.shuffled_batches(self.train_ops, cov.batch_size)
-        bsz = len(batches[0])
-        pi, pj = self._pairs(len(batches), bsz, min(rad.n_pairs, bsz * (bsz - 1) // 2))
-        delta = (rad.outer_radius - rad.inner_radius) / 9
+        perm = self.train_ops[torch.randperm(len(self.train_ops), device=dev)]
+        bsz = min(cov.batch_size, len(perm))
+        n_steps = -(-len(perm) // bsz)
+        pi, pj = self._pairs(n_steps, bsz, min(rad.n_pairs, bsz * (bsz - 1) // 2))
         e1 = cfg.phases.structure_start
         pull = cov.radial_weight * min(1.0, self.epoch / max(1, e1 // 2))   # ramp: 0 -> full at e1/2
+        return {"perm": perm, "pi": pi, "pj": pj, "pull": torch.tensor(pull, device=dev),
+                "steps": torch.empty(n_steps, 0, device=dev)}
+
+    def _coverage_steps(self, inp: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, model = self.cfg, self.model
+        cov, rad = cfg.coverage, cfg.loss.radial
+        pi, pj, pull = inp["pi"], inp["pj"], inp["pull"]
+        bsz = min(cov.batch_size, len(inp["perm"]))
+        delta = (rad.outer_radius - rad.inner_radius) / 9
         sums = torch.zeros(len(TERMS), device=self.device)
         grad_sum = torch.zeros((), device=self.device)
         zero = torch.zeros((), device=self.device)
-        for s, idx in enumerate(batches):
+        for s, idx in enumerate(torch.split(inp["perm"], bsz)):
             x, cls, v = self.trits[idx], self.classes[idx], self.v[idx]
             mu, logvar = model.encoder_A(x)
             c = model.curvature()
@@ -331,53 +369,59 @@ class TernaryRun:
             kl = cov.beta * losses.kl_divergence(mu, logvar, cov.free_bits)
             a, b = (pi[s], pj[s]) if len(idx) == bsz else (pi[s] % len(idx), pj[s] % len(idx))
             radial = pull * losses.radial(radius(z_A, c), v, self.targets, self.radial_weights,
-                                                       a, b, delta, rad.margin_weight)
+                                          a, b, delta, rad.margin_weight)
             loss = recon + kl + radial
-            grad_sum += self._step(loss, params)
+            grad_sum += self._step(loss)
             sums += torch.stack([recon, kl, zero, zero, zero, radial, zero, zero, zero]).detach()
-        return sums, grad_sum, len(batches)
+        return sums, grad_sum
 
-    def _structure_epoch(self, phase: str, params):
-        cfg, model, dev = self.cfg, self.model, self.device
+    def _structure_inputs(self, phase: str) -> dict[str, torch.Tensor]:
+        cfg, dev = self.cfg, self.device
         L = cfg.loss
         batches = self.sampler.epoch_batches()                       # (S, B)
         S, B = batches.shape
         v_b = self.v[batches]                                        # (S, B)
         onehot = torch.nn.functional.one_hot(v_b, 10).float()         # (S, B, 10)
         counts = onehot.sum(1)                                       # (S, 10)
-        present = (counts > 0).float()
-        var_levels = (counts > 1).float()
-        r_orig_b = self.r_orig[batches]
         n0 = self.zero_count[batches]
-        n0_std = (n0 - n0.mean(1, keepdim=True)) / (n0.std(1, keepdim=True) + 1e-8)
-        zero_t = self.zero_target[batches]
-        rad_i, rad_j = self._pairs(S, B, min(L.radial.n_pairs, B * (B - 1) // 2))
-        rank_i, rank_j = self._pairs(S, B, min(L.rank.n_pairs, B * (B - 1)))
-        geometry = phase == "geometry"
-        if geometry:
+        inp = {
+            "steps": torch.empty(S, 0, device=dev),
+            "x": self.trits[batches], "cls": self.classes[batches], "v": v_b,    # whole-epoch gathers
+            "onehot": onehot, "counts": counts, "present": (counts > 0).float(), "var_levels": (counts > 1).float(),
+            "r_orig": self.r_orig[batches],
+            "n0_std": (n0 - n0.mean(1, keepdim=True)) / (n0.std(1, keepdim=True) + 1e-8),
+            "zero_t": self.zero_target[batches],
+        }
+        inp["rad_i"], inp["rad_j"] = self._pairs(S, B, min(L.radial.n_pairs, B * (B - 1) // 2))
+        inp["rank_i"], inp["rank_j"] = self._pairs(S, B, min(L.rank.n_pairs, B * (B - 1)))
+        if phase == "geometry":
             geo_i, geo_j = self._pairs(S, B, min(L.geodesic.n_pairs, B * (B - 1) // 2))
             pv = self.pair_valuation[(torch.gather(batches, 1, geo_i) - torch.gather(batches, 1, geo_j)).abs()]
-            geo_t = L.geodesic.max_target_distance * torch.exp(-pv.float() / L.geodesic.valuation_scale)
+            inp["geo_i"], inp["geo_j"] = geo_i, geo_j
+            inp["geo_t"] = L.geodesic.max_target_distance * torch.exp(-pv.float() / L.geodesic.valuation_scale)
+        for name in ("encoder_A", "encoder_B"):                      # a frozen encoder's outputs, gathered
+            if self.homeostasis.frozen[name]:
+                mu, lv = self._frozen_outputs(name)
+                inp[f"mu_{name[-1]}"], inp[f"lv_{name[-1]}"] = mu[batches], lv[batches]
+        return inp
+
+    def _structure_steps(self, inp: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, model, dev = self.cfg, self.model, self.device
+        L = cfg.loss
+        geometry = phase == "geometry"
         w_rad = L.radial.weight * (0.5 if geometry else 1.0)
         delta = (L.radial.outer_radius - L.radial.inner_radius) / 9
         rich = L.rich
-        ab = torch.tensor([L.a_path_weight, 1.0], device=dev)            # weights of the A and B paths
+        ab = self.path_weights
         both_paths = L.a_path_weight != 0.0
         use_zero = L.zero.valuation_weight != 0.0 or L.zero.sparsity_weight != 0.0   # skip a switched-off term
-        frozen = self.homeostasis.frozen
-        cache_A = self._frozen_outputs("encoder_A") if frozen["encoder_A"] else None
-        cache_B = self._frozen_outputs("encoder_B") if frozen["encoder_B"] else None
         sums = torch.zeros(len(TERMS), device=dev)
         grad_sum = torch.zeros((), device=dev)
         zero = torch.zeros((), device=dev)
-        # whole-epoch gathers (one index op each instead of one per step)
-        x_b, cls_b = self.trits[batches], self.classes[batches]              # (S, B, 9)
-        cached_A = (cache_A[0][batches], cache_A[1][batches]) if cache_A is not None else None
-        cached_B = (cache_B[0][batches], cache_B[1][batches]) if cache_B is not None else None
-        for s in range(S):
-            x, v = x_b[s], v_b[s]
-            mu_A, lv_A = model.encoder_A(x) if cached_A is None else (cached_A[0][s], cached_A[1][s])
-            mu_B, lv_B = model.encoder_B(x) if cached_B is None else (cached_B[0][s], cached_B[1][s])
+        for s in range(inp["steps"].shape[0]):
+            x, v = inp["x"][s], inp["v"][s]
+            mu_A, lv_A = (inp["mu_A"][s], inp["lv_A"][s]) if "mu_A" in inp else model.encoder_A(x)
+            mu_B, lv_B = (inp["mu_B"][s], inp["lv_B"][s]) if "mu_B" in inp else model.encoder_B(x)
             z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A))
             z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B))
             c = model.curvature()
@@ -389,23 +433,24 @@ class TernaryRun:
                 z = z_B
                 r = r_B = radius(z_B, c)
             per_path = (lambda t: ab @ t) if both_paths else (lambda t: t)  # noqa: E731
-            recon = rich.coverage_weight * losses.reconstruction(model.decoder(log0(z_A, c)), cls_b[s])
-            h, richness, sep = losses.rich_hierarchy(r_B, r_orig_b[s], onehot[s], counts[s], self.targets,
-                                                     present[s], var_levels[s], self.sep_lo, self.sep_hi,
+            recon = rich.coverage_weight * losses.reconstruction(model.decoder(log0(z_A, c)), inp["cls"][s])
+            h, richness, sep = losses.rich_hierarchy(r_B, inp["r_orig"][s], inp["onehot"][s], inp["counts"][s],
+                                                     self.targets, inp["present"][s], inp["var_levels"][s],
+                                                     self.sep_lo, self.sep_hi,
                                                      rich.min_richness_ratio, rich.separation_margin)
             h, richness, sep = rich.hierarchy_weight * h, rich.richness_weight * richness, rich.separation_weight * sep
-            radial = w_rad * per_path(losses.radial(r, v, self.targets, self.radial_weights, rad_i[s], rad_j[s],
-                                                    delta, L.radial.margin_weight))
-            rank = L.rank.weight * per_path(losses.rank(r, v, rank_i[s], rank_j[s], L.rank.temperature))
-            zero_s = (per_path(losses.zero_structure(r, zero_t[s], n0_std[s], L.zero.valuation_weight,
+            radial = w_rad * per_path(losses.radial(r, v, self.targets, self.radial_weights, inp["rad_i"][s],
+                                                    inp["rad_j"][s], delta, L.radial.margin_weight))
+            rank = L.rank.weight * per_path(losses.rank(r, v, inp["rank_i"][s], inp["rank_j"][s], L.rank.temperature))
+            zero_s = (per_path(losses.zero_structure(r, inp["zero_t"][s], inp["n0_std"][s], L.zero.valuation_weight,
                                                      L.zero.sparsity_weight, L.zero.target_correlation))
                       if use_zero else zero)
-            geo = (L.geodesic.weight * per_path(losses.geodesic(z, geo_t[s], geo_i[s], geo_j[s], c))
+            geo = (L.geodesic.weight * per_path(losses.geodesic(z, inp["geo_t"][s], inp["geo_i"][s], inp["geo_j"][s], c))
                    if geometry else zero)
             loss = recon + h + richness + sep + radial + rank + zero_s + geo
-            grad_sum += self._step(loss, params)
+            grad_sum += self._step(loss)
             sums += torch.stack([recon, zero, h, richness, sep, radial, rank, zero_s, geo]).detach()
-        return sums, grad_sum, S
+        return sums, grad_sum
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, phase: str) -> dict[str, float]:
@@ -512,28 +557,37 @@ class TernaryRun:
         self.events = list(state["events"])
         self.epoch = int(state["epoch"])
         self._cache.clear()
+        if self.graphs is not None:      # recorded steps point at the optimiser state this load replaced
+            self.graphs.clear()
+        for group in self.optimizer.param_groups:   # a checkpoint from the other device kind stores lr as the other type
+            lr = float(group["lr"])
+            if self.device.type == "cuda" and self.cfg.optim.optimizer == "adam":
+                group["lr"] = torch.tensor(lr, dtype=torch.float32, device=self.device)
+            else:
+                group["lr"] = lr
 
 
 # ---------------------------------------------------------------------------------------------- task API
 
 
 def make_run(overrides: Mapping[str, Any] | None = None, *, epochs: int | None = None, seed: int = 0,
-             device: str = "cpu", preset: str | None = None) -> TernaryRun:
+             device: str = "cpu", preset: str | None = None, cuda_graphs: bool = True) -> TernaryRun:
     """A fresh run. ``overrides`` are dotted config keys; the key ``preset`` selects the base preset."""
     overrides = dict(overrides or {})
     base = preset or overrides.pop("preset", "v5_12_4")
     if not isinstance(base, str):
         raise config_mod.ConfigError(f"preset: expected a str, got {base!r}")
     cfg = config_mod.build(base, overrides=overrides, epochs=epochs, seed=seed)
-    return TernaryRun(cfg, device)
+    return TernaryRun(cfg, device, cuda_graphs)
 
 
-def run_from_config(cfg: Config, device: str = "cpu") -> TernaryRun:
+def run_from_config(cfg: Config, device: str = "cpu", cuda_graphs: bool = True) -> TernaryRun:
     config_mod.validate(cfg)
-    return TernaryRun(cfg, device)
+    return TernaryRun(cfg, device, cuda_graphs)
 
 
-def load_run(directory: str | Path, *, device: str = "cpu", epochs: int | None = None) -> TernaryRun:
+def load_run(directory: str | Path, *, device: str = "cpu", epochs: int | None = None,
+             cuda_graphs: bool = True) -> TernaryRun:
     """Restore a run saved with ``save(directory)``; ``epochs`` may extend the total."""
     state = checkpoint.load(Path(directory) / CHECKPOINT_FILE)
     if state.get("version") != CHECKPOINT_VERSION:
@@ -541,6 +595,6 @@ def load_run(directory: str | Path, *, device: str = "cpu", epochs: int | None =
     cfg = config_mod.from_dict(Config, state["config"])
     if epochs is not None:
         config_mod.set_key(cfg, "epochs", epochs)
-    run = TernaryRun(cfg, device)
+    run = TernaryRun(cfg, device, cuda_graphs)
     run.load_state(state)
     return run
