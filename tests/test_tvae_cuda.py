@@ -45,3 +45,14 @@ def test_a_gpu_checkpoint_resumes_on_gpu_and_on_cpu(tmp_path):
         rows = [resumed.train_epoch() for _ in range(2)]
         assert [r["epoch"] for r in rows] == [4, 5]
         assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_pair_correlations_on_the_device_equal_the_host_ones():
+    run, _ = _train(True, epochs=3)
+    on_device = run._evaluate("structure")
+    for ev in run.evals.values():
+        ev.on_device = False
+    on_host = run._evaluate("structure")
+    assert on_device.keys() == on_host.keys()
+    for key, value in on_device.items():
+        assert value == pytest.approx(on_host[key], abs=1e-9, nan_ok=True), key

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,39 @@ def test_padic_codes_order_and_effective_rank():
     m = np.diag([1.0, 1.0, 1.0, 0.0])
     assert metrics.effective_rank(m) == pytest.approx(3.0)
     assert metrics.effective_rank_from_gram(m.T @ m) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("decimals", [None, 4, 2, 0])   # no ties, a few, many, all values tied in few runs
+def test_dist_corr_matches_reference_with_any_amount_of_ties(decimals):
+    rng = np.random.default_rng(3)
+    v = rng.integers(0, 10, 300)
+    radius = rng.random(300)
+    radius = (radius if decimals is None else np.round(radius, decimals)).astype(np.float32)
+    iu, ju = np.triu_indices(300, 1)
+    expected = metrics.spearman(np.abs(radius[iu] - radius[ju]), np.abs(v[iu] - v[ju]))
+    got = metrics.DistCorrSample(np.arange(300), v)(radius)
+    if decimals == 0:
+        assert math.isnan(expected) == math.isnan(got)
+    else:
+        assert got == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("decimals", [None, 4, 1])
+def test_device_spearman_matches_the_numpy_one(decimals):
+    import torch
+
+    from tvae import metrics_torch
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=5000)                       # negative and positive values
+    x = (x if decimals is None else np.round(x, decimals)).astype(np.float32)
+    codes = rng.integers(0, 10, 5000)
+    expected = metrics.spearman(x, codes)
+    got = metrics_torch.spearman_discrete(torch.from_numpy(x), torch.from_numpy(codes), 10)
+    assert got.dtype == torch.float64 and got.dim() == 0
+    assert float(got) == pytest.approx(expected, abs=1e-12)
+    assert float(got) == pytest.approx(metrics.spearman_discrete(x, codes, 10), abs=1e-12)
+    x[7] = np.nan
+    assert math.isnan(float(metrics_torch.spearman_discrete(torch.from_numpy(x), torch.from_numpy(codes), 10)))
+    const = torch.ones(10)
+    assert math.isnan(float(metrics_torch.spearman_discrete(const, torch.arange(10), 10)))

@@ -6,6 +6,8 @@ packed (value, level) keys gives exact average ranks of the continuous side and 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 Q_COEFFICIENT = 1.5
@@ -49,6 +51,50 @@ def _monotone_bits(x: np.ndarray) -> np.ndarray:
     return np.where(neg, ~b, b | np.uint32(0x80000000)).astype(np.uint64)
 
 
+@functools.lru_cache(maxsize=8)
+def _positions(n: int) -> np.ndarray:
+    out = np.arange(n, dtype=np.float64)
+    out.flags.writeable = False
+    return out
+
+
+def _rank_sums(keys: np.ndarray, n_codes: int) -> tuple[np.ndarray, float]:
+    """From sorted (value << 4 | code) keys: the sum of the values' average ranks per code, and the sum of
+    squared deviations of those ranks from their mean.
+
+    Ranks 1..n by position, then a correction on the (few) runs of tied values only: a run of length t keeps
+    its rank total but spreads it evenly (average rank), and lowers the squared deviations by (t^3 - t)/12."""
+    n = len(keys)
+    grp = (keys & np.uint64(15)).astype(np.intp)
+    sums = np.bincount(grp, weights=_positions(n), minlength=n_codes) + np.bincount(grp, minlength=n_codes)
+    var = n * (n * n - 1) / 12.0
+    value = keys >> np.uint64(4)
+    same = value[1:] == value[:-1]                           # same[i]: value[i] == value[i + 1]
+    if same.sum() > n // 16:                                 # many ties (collapsed radii): dense average ranks
+        change = np.empty(n, dtype=bool)
+        change[0] = True
+        np.logical_not(same, out=change[1:])
+        starts = np.flatnonzero(change)
+        run_len = np.diff(np.append(starts, n))
+        rank_x = np.repeat(starts + (run_len + 1) / 2.0, run_len)
+        return np.bincount(grp, weights=rank_x, minlength=n_codes), float(((rank_x - (n + 1) / 2.0) ** 2).sum())
+    tied = np.flatnonzero(same)
+    if len(tied):
+        in_run = np.zeros(n, dtype=bool)
+        in_run[tied] = True
+        in_run[tied + 1] = True
+        members = np.flatnonzero(in_run)                     # positions inside a run of ties, ascending
+        new_run = np.empty(len(members), dtype=bool)
+        new_run[0] = True
+        np.not_equal(value[members[1:]], value[members[:-1]], out=new_run[1:])
+        run_start = np.flatnonzero(new_run)
+        run_len = np.diff(np.append(run_start, len(members)))
+        average = np.repeat(members[run_start] + (run_len + 1) / 2.0, run_len)
+        sums += np.bincount(grp[members], weights=average - (members + 1), minlength=n_codes)
+        var -= float(((run_len.astype(np.float64) ** 3) - run_len).sum()) / 12.0
+    return sums, var
+
+
 def spearman_discrete(x: np.ndarray, codes: np.ndarray, n_codes: int = 16) -> float:
     """Spearman between float32 values ``x`` and integer ``codes`` in [0, n_codes) (order = code order).
 
@@ -59,22 +105,14 @@ def spearman_discrete(x: np.ndarray, codes: np.ndarray, n_codes: int = 16) -> fl
     if not np.all(np.isfinite(x)):
         return float("nan")
     codes = np.asarray(codes)
-    keys = np.sort((_monotone_bits(x) << np.uint64(4)) | codes.astype(np.uint64))
-    grp = (keys & np.uint64(15)).astype(np.intp)
-    same_value = ((keys[1:] ^ keys[:-1]) >> np.uint64(4)) == 0
+    keys = _monotone_bits(x)
+    keys <<= np.uint64(4)
+    keys |= codes.astype(np.uint64, copy=False)
+    keys.sort()
+    sum_x_by_code, var_x = _rank_sums(keys, n_codes)
     mean = (n + 1) / 2.0
-    if same_value.any():             # ties in x: average ranks over each run of equal values
-        change = np.concatenate([[True], ~same_value])
-        starts = np.flatnonzero(change)
-        run_len = np.diff(np.append(starts, n))
-        rank_x = np.repeat(starts + (run_len + 1) / 2.0, run_len)
-        var_x = ((rank_x - mean) ** 2).sum()
-    else:                            # no ties: ranks are 1..n
-        rank_x = np.arange(1, n + 1, dtype=np.float64)
-        var_x = n * (n * n - 1) / 12.0
     cnt_y = np.bincount(codes, minlength=n_codes).astype(np.float64)
     rank_y = np.cumsum(cnt_y) - cnt_y + (cnt_y + 1) / 2.0          # average rank of each code
-    sum_x_by_code = np.bincount(grp, weights=rank_x, minlength=n_codes)
     cov = ((rank_y - mean) * (sum_x_by_code - cnt_y * mean)).sum()
     var_y = (cnt_y * (rank_y - mean) ** 2).sum()
     den = np.sqrt(var_x * var_y)
@@ -109,14 +147,17 @@ class DistCorrSample:
 
     def __init__(self, positions: np.ndarray, v: np.ndarray):
         self.positions = positions                       # positions into the split's arrays
-        self.iu, self.ju = np.triu_indices(len(positions), k=1)
-        vs = v[positions]
-        self.dv = np.abs(vs[self.iu] - vs[self.ju]).astype(np.int64)
+        iu, ju = np.triu_indices(len(positions), k=1)
+        self.iu, self.ju = iu.astype(np.int32), ju.astype(np.int32)
+        vs = v[positions].astype(np.int64)
+        self.dv = np.abs(vs[iu] - vs[ju]).astype(np.uint64)
 
     def __call__(self, radius: np.ndarray) -> float:
         """Spearman(|Δradius|, |Δv|) over all pairs of the sample."""
         r = radius[self.positions].astype(np.float32)
-        return spearman_discrete(np.abs(r[self.iu] - r[self.ju]), self.dv, 10)
+        d = r[self.iu]
+        d -= r[self.ju]
+        return spearman_discrete(np.abs(d, out=d), self.dv, 10)
 
 
 def padic_codes(pair_valuation: np.ndarray) -> np.ndarray:

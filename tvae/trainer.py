@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from tvae import checkpoint, config as config_mod, data, losses, metrics
+from tvae import checkpoint, config as config_mod, data, losses, metrics, metrics_torch
 from tvae.config import Config
 from tvae.geometry import distance, log0, radius
 from tvae.homeostasis import Homeostasis
@@ -68,7 +68,7 @@ def phase_of(cfg: Config, epoch: int) -> str:
 class _SplitEval:
     """Fixed, seeded metric samples of one split (positions are into the split's sorted index array)."""
 
-    def __init__(self, ops: torch.Tensor, v_all: np.ndarray, cfg: Config, salt: int):
+    def __init__(self, ops: torch.Tensor, v_all: np.ndarray, cfg: Config, salt: int, device: torch.device):
         self.ops = ops.numpy()
         self.v = v_all[self.ops]
         rng = np.random.default_rng([cfg.eval.seed, salt])
@@ -84,6 +84,15 @@ class _SplitEval:
             self.padic_codes = metrics.padic_codes(pair_v)
         else:
             self.pi = self.pj = None
+        # GPU: the pair correlations run on the device (tvae/metrics_torch.py); their inputs live there
+        self.on_device = device.type == "cuda"
+        if self.on_device and self.dist is not None:
+            as_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+            self.dist_ops = as_dev(self.ops[self.dist.positions])
+            self.dist_iu, self.dist_ju = as_dev(self.dist.iu.astype(np.int64)), as_dev(self.dist.ju.astype(np.int64))
+            self.dist_codes = as_dev(self.dist.dv.astype(np.int64))
+        if self.on_device and self.pi is not None:
+            self.padic_codes_dev = torch.from_numpy(self.padic_codes).to(device)
 
 
 class TernaryRun:
@@ -117,9 +126,9 @@ class TernaryRun:
         present = (self.sampler.draws_per_level > 0).nonzero().flatten()
         self.sep_lo, self.sep_hi = present[:-1].to(dev), present[1:].to(dev)
         self.path_weights = torch.tensor([cfg.loss.a_path_weight, 1.0], device=dev)   # weights of the A and B paths
-        self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1)}
+        self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1, dev)}
         if len(self.split.heldout):
-            self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2)
+            self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev)
 
         # --- model, optimiser, homeostasis (seeded by the trial seed)
         torch.manual_seed(cfg.seed)
@@ -469,29 +478,45 @@ class TernaryRun:
             z_B = z_A if phase == "coverage" else model.proj_B(mu_B)   # B is tied to A until e1
             r_A, r_B = radius(z_A, c), radius(z_B, c)
             correct = (model.decoder(log0(z_A, c)).argmax(-1) == self.classes).all(-1)
-            pair_d = {}
+            pair_d, on_device = {}, {}
             for split, ev in self.evals.items():
                 if ev.pi is not None:
                     pi = torch.from_numpy(ev.pi).to(self.device)
                     pj = torch.from_numpy(ev.pj).to(self.device)
                     pair_d[split] = distance(z_B[pi], z_B[pj], c)
+                if ev.on_device:
+                    nan = torch.full((), float("nan"), dtype=torch.float64, device=self.device)
+                    dist = padic = nan
+                    if ev.dist is not None:
+                        r_s = r_B[ev.dist_ops]
+                        dist = metrics_torch.spearman_discrete((r_s[ev.dist_iu] - r_s[ev.dist_ju]).abs(),
+                                                               ev.dist_codes, 10)
+                    if split in pair_d:
+                        padic = metrics_torch.spearman_discrete(pair_d[split], ev.padic_codes_dev, 10)
+                    on_device[split] = torch.stack([dist, padic])
             train_mu_B = mu_B[self.train_ops]
             gram = train_mu_B.T @ train_mu_B
+        on_device = {split: t.tolist() for split, t in on_device.items()}
         r_A, r_B = r_A.cpu().numpy(), r_B.cpu().numpy()
         correct = correct.cpu().numpy()
         out: dict[str, float] = {}
         for split, ev in self.evals.items():
             ops, v = ev.ops, ev.v
             ra, rb = r_A[ops], r_B[ops]
+            if split in on_device:
+                dist_corr, padic_dist_corr = on_device[split]
+            else:
+                dist_corr = ev.dist(rb) if ev.dist is not None else float("nan")
+                padic_dist_corr = (metrics.padic_dist_corr(pair_d[split].cpu().numpy(), ev.padic_codes)
+                                   if split in pair_d else float("nan"))
             m = {
                 "coverage": float(correct[ops].mean()),
                 "hierarchy_A": metrics.hierarchy(ra, v),
                 "hierarchy_B": metrics.hierarchy(rb, v),
                 "richness_A": metrics.richness(ra, v),
                 "richness_B": metrics.richness(rb, v),
-                "dist_corr": ev.dist(rb) if ev.dist is not None else float("nan"),
-                "padic_dist_corr": (metrics.padic_dist_corr(pair_d[split].cpu().numpy(), ev.padic_codes)
-                                    if split in pair_d else float("nan")),
+                "dist_corr": dist_corr,
+                "padic_dist_corr": padic_dist_corr,
                 "r_v0": metrics.level_mean(rb, v, 0),
                 "r_v9": metrics.level_mean(rb, v, 9),
             }
