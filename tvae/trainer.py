@@ -18,7 +18,7 @@ from tvae import checkpoint, config as config_mod, data, losses, metrics, metric
 from tvae.config import Config
 from tvae.geometry import distance, log0, radius
 from tvae.homeostasis import Homeostasis
-from tvae.model import TernaryVAE
+from tvae.model import TernaryVAE, keep_mask
 from tvae.schedules import cosine, lr_factor
 from tvae.tasks import DivergedError
 
@@ -356,8 +356,19 @@ class TernaryRun:
         pi, pj = self._pairs(n_steps, bsz, min(rad.n_pairs, bsz * (bsz - 1) // 2))
         e1 = cfg.phases.structure_start
         pull = cov.radial_weight * min(1.0, self.epoch / max(1, e1 // 2))   # ramp: 0 -> full at e1/2
-        return {"perm": perm, "pi": pi, "pj": pj, "pull": torch.tensor(pull, device=dev),
-                "steps": torch.empty(n_steps, 0, device=dev)}
+        inp = {"perm": perm, "pi": pi, "pj": pj, "pull": torch.tensor(pull, device=dev),
+               "steps": torch.empty(n_steps, 0, device=dev)}
+        self._draw_masks(inp, ("A",), n_steps, bsz)
+        return inp
+
+    def _draw_masks(self, inp: dict[str, torch.Tensor], paths: tuple[str, ...], n_steps: int, batch: int) -> None:
+        """The epoch's dropout masks of the trained projections, one flat row per step (`model.keep_mask`)."""
+        p = self.cfg.model.projection_dropout
+        if p == 0.0:
+            return
+        for path in paths:
+            width = sum(getattr(self.model, f"proj_{path}").mask_widths)
+            inp[f"mask_{path}"] = keep_mask((n_steps, batch * width), p, self.device)
 
     def _coverage_steps(self, inp: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, model = self.cfg, self.model
@@ -373,7 +384,8 @@ class TernaryRun:
             mu, logvar = model.encoder_A(x)
             c = model.curvature()
             eps = torch.randn_like(mu)
-            z_A = model.proj_A(mu + eps * torch.exp(0.5 * logvar))
+            masks = model.proj_A.split_masks(inp["mask_A"][s], len(idx)) if "mask_A" in inp else None
+            z_A = model.proj_A(mu + eps * torch.exp(0.5 * logvar), masks)
             recon = cov.recon_weight * losses.reconstruction(model.decode(z_A, c), cls)
             kl = cov.beta * losses.kl_divergence(mu, logvar, cov.free_bits)
             a, b = (pi[s], pj[s]) if len(idx) == bsz else (pi[s] % len(idx), pj[s] % len(idx))
@@ -412,6 +424,7 @@ class TernaryRun:
             if self.homeostasis.frozen[name]:
                 mu, lv = self._frozen_outputs(name)
                 inp[f"mu_{name[-1]}"], inp[f"lv_{name[-1]}"] = mu[batches], lv[batches]
+        self._draw_masks(inp, ("A", "B"), S, B)
         return inp
 
     def _structure_steps(self, inp: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -431,8 +444,10 @@ class TernaryRun:
             x, v = inp["x"][s], inp["v"][s]
             mu_A, lv_A = (inp["mu_A"][s], inp["lv_A"][s]) if "mu_A" in inp else model.encoder_A(x)
             mu_B, lv_B = (inp["mu_B"][s], inp["lv_B"][s]) if "mu_B" in inp else model.encoder_B(x)
-            z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A))
-            z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B))
+            masks_A = model.proj_A.split_masks(inp["mask_A"][s], len(x)) if "mask_A" in inp else None
+            masks_B = model.proj_B.split_masks(inp["mask_B"][s], len(x)) if "mask_B" in inp else None
+            z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A), masks_A)
+            z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B), masks_B)
             c = model.curvature()
             if both_paths:                                           # A and B stacked: (2, B, d), (2, B)
                 z = torch.stack([z_A, z_B])
