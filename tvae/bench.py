@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="GPU: run the steps eagerly instead of replaying one CUDA graph per epoch")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each step's loss (compiles once per phase; the 'max' column shows it)")
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be >= 2")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = dict(config_mod.parse_assignment(s) for s in args.sets)
         overrides.update({"phases.structure_start": 1, "phases.geometry_start": 1 + args.epochs // 2})
         cfg = config_mod.build(args.preset, overrides=overrides, epochs=1 + args.epochs, seed=0)
-        run = trainer.run_from_config(cfg, args.device, cuda_graphs=args.cuda_graphs)
+        run = trainer.run_from_config(cfg, args.device, cuda_graphs=args.cuda_graphs, compile=args.compile)
     except (config_mod.ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     graphs = run.graphs is not None
     print(f"tvae.bench  preset={args.preset} device={args.device} threads={args.threads} "
           f"timed epochs={args.epochs} load={os.getloadavg()[0]:.2f}"
-          + (f" cuda_graphs={graphs}" if args.device == "cuda" else ""))
+          + (f" cuda_graphs={graphs}" if args.device == "cuda" else "") + (" compile=True" if args.compile else ""))
     if graphs:
         print("the first epoch of each phase runs eagerly and captures the graph (its time: the 'max' column)")
     print("wall-clock medians (s); cpu = process CPU time, a check when the machine is loaded")
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{med([r[4] for r in sel]):>10.4f}{max(r[1] + r[2] for r in sel):>9.4f}")
     print(json.dumps({"train_epoch_s": round(train, 5), "eval_s": round(ev, 5), "epoch_s": round(total, 5),
                       "device": args.device, "threads": args.threads}
-                     | ({"cuda_graphs": graphs} if args.device == "cuda" else {})))
+                     | ({"cuda_graphs": graphs} if args.device == "cuda" else {})
+                     | ({"compile": True} if args.compile else {})))
     return 0
 
 

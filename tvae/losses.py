@@ -93,8 +93,9 @@ def geodesic(z: torch.Tensor, pair_target: torch.Tensor, pi: torch.Tensor, pj: t
 
     With a fixed curvature the loss and its gradient are one hand-written autograd node (`_Geodesic`: about
     half the cost of the ~30 autograd nodes of the plain expression on a CPU); a learnable curvature takes the
-    plain expression, which also differentiates with respect to c. Both compute the same formula."""
-    if c.requires_grad or not torch.is_grad_enabled():
+    plain expression, which also differentiates with respect to c, and so does torch.compile (which fuses it).
+    Both compute the same formula."""
+    if c.requires_grad or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return _geodesic_reference(z, pair_target, pi, pj, c)
     return _Geodesic.apply(z, pair_target, pi, pj, c)
 

@@ -98,7 +98,7 @@ class _SplitEval:
 class TernaryRun:
     """One training run. ``epoch`` = epochs completed; ``train_epoch()`` trains the next one."""
 
-    def __init__(self, cfg: Config, device: str = "cpu", cuda_graphs: bool = True):
+    def __init__(self, cfg: Config, device: str = "cpu", cuda_graphs: bool = True, compile: bool = False):
         self.cfg = cfg
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -157,6 +157,12 @@ class TernaryRun:
             from tvae.cuda_graphs import EpochGraphs
 
             self.graphs = EpochGraphs(dev)
+        # opt-in: torch.compile (inductor) fuses each step's loss and its backward. Every phase and frozen-encoder
+        # combination compiles once (measured ~20 s each on one CPU core), so it pays only on long runs.
+        self.compiled = compile
+        if compile:
+            self._coverage_loss = torch.compile(self._coverage_loss, dynamic=False)
+            self._structure_loss = torch.compile(self._structure_loss, dynamic=False)
 
     def _flatten(self, module_params: dict[str, list[torch.nn.Parameter]]) -> None:
         """All parameters become views into one flat buffer, their gradients views into one flat gradient
@@ -371,6 +377,50 @@ class TernaryRun:
             inp[f"mask_{path}"] = keep_mask((n_steps, batch * width), p, self.device)
 
     def _coverage_steps(self, inp: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        bsz = min(self.cfg.coverage.batch_size, len(inp["perm"]))
+        sums = torch.zeros(len(TERMS), device=self.device)
+        grad_sum = torch.zeros((), device=self.device)
+        for s, idx in enumerate(torch.split(inp["perm"], bsz)):
+            step = {"idx": idx, "pi": inp["pi"][s], "pj": inp["pj"][s], "pull": inp["pull"]}
+            if "mask_A" in inp:
+                step["mask_A"] = inp["mask_A"][s]
+            loss, terms = self._coverage_loss(step, bsz)
+            grad_sum += self._step(loss)
+            sums += terms.detach()
+        return sums, grad_sum
+
+    def _coverage_loss(self, step: dict[str, torch.Tensor], bsz: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One coverage step's loss and its terms (in TERMS order) from the step's inputs."""
+        cfg, model = self.cfg, self.model
+        cov, rad = cfg.coverage, cfg.loss.radial
+        idx = step["idx"]
+        x, cls, v = self.trits[idx], self.classes[idx], self.v[idx]
+        mu, logvar = model.encoder_A(x)
+        c = model.curvature()
+        eps = torch.randn_like(mu)
+        masks = model.proj_A.split_masks(step["mask_A"], len(idx)) if "mask_A" in step else None
+        z_A = model.proj_A(mu + eps * torch.exp(0.5 * logvar), masks)
+        recon = cov.recon_weight * losses.reconstruction(model.decode(z_A, c), cls)
+        kl = cov.beta * losses.kl_divergence(mu, logvar, cov.free_bits)
+        pi, pj = step["pi"], step["pj"]
+        if len(idx) != bsz:                                          # the last, shorter batch
+            pi, pj = pi % len(idx), pj % len(idx)
+        delta = (rad.outer_radius - rad.inner_radius) / 9
+        radial = step["pull"] * losses.radial(radius(z_A, c), v, self.targets, self.radial_weights,
+                                              pi, pj, delta, rad.margin_weight)
+        zero = torch.zeros((), device=self.device)
+        return recon + kl + radial, torch.stack([recon, kl, zero, zero, zero, radial, zero, zero, zero])
+
+    def _draw_masks(self, inp: dict[str, torch.Tensor], paths: tuple[str, ...], n_steps: int, batch: int) -> None:
+        """The epoch's dropout masks of the trained projections, one flat row per step (`model.keep_mask`)."""
+        p = self.cfg.model.projection_dropout
+        if p == 0.0:
+            return
+        for path in paths:
+            width = sum(getattr(self.model, f"proj_{path}").mask_widths)
+            inp[f"mask_{path}"] = keep_mask((n_steps, batch * width), p, self.device)
+
+    def _coverage_steps(self, inp: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, model = self.cfg, self.model
         cov, rad = cfg.coverage, cfg.loss.radial
         pi, pj, pull = inp["pi"], inp["pj"], inp["pull"]
@@ -428,53 +478,57 @@ class TernaryRun:
         return inp
 
     def _structure_steps(self, inp: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg, model, dev = self.cfg, self.model, self.device
-        L = cfg.loss
-        geometry = phase == "geometry"
-        w_rad = L.radial.weight * (0.5 if geometry else 1.0)
-        delta = (L.radial.outer_radius - L.radial.inner_radius) / 9
-        rich = L.rich
-        ab = self.path_weights
-        both_paths = L.a_path_weight != 0.0
-        use_zero = L.zero.valuation_weight != 0.0 or L.zero.sparsity_weight != 0.0   # skip a switched-off term
-        sums = torch.zeros(len(TERMS), device=dev)
-        grad_sum = torch.zeros((), device=dev)
-        zero = torch.zeros((), device=dev)
+        sums = torch.zeros(len(TERMS), device=self.device)
+        grad_sum = torch.zeros((), device=self.device)
+        per_step = [name for name in inp if name != "steps"]
         for s in range(inp["steps"].shape[0]):
-            x, v = inp["x"][s], inp["v"][s]
-            mu_A, lv_A = (inp["mu_A"][s], inp["lv_A"][s]) if "mu_A" in inp else model.encoder_A(x)
-            mu_B, lv_B = (inp["mu_B"][s], inp["lv_B"][s]) if "mu_B" in inp else model.encoder_B(x)
-            masks_A = model.proj_A.split_masks(inp["mask_A"][s], len(x)) if "mask_A" in inp else None
-            masks_B = model.proj_B.split_masks(inp["mask_B"][s], len(x)) if "mask_B" in inp else None
-            z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A), masks_A)
-            z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B), masks_B)
-            c = model.curvature()
-            if both_paths:                                           # A and B stacked: (2, B, d), (2, B)
-                z = torch.stack([z_A, z_B])
-                r = radius(z, c)
-                r_B = r[1]
-            else:                                                    # B only (loss.a_path_weight = 0)
-                z = z_B
-                r = r_B = radius(z_B, c)
-            per_path = (lambda t: ab @ t) if both_paths else (lambda t: t)  # noqa: E731
-            recon = rich.coverage_weight * losses.reconstruction(model.decoder(log0(z_A, c)), inp["cls"][s])
-            h, richness, sep = losses.rich_hierarchy(r_B, inp["r_orig"][s], inp["onehot"][s], inp["counts"][s],
-                                                     self.targets, inp["present"][s], inp["var_levels"][s],
-                                                     self.sep_lo, self.sep_hi,
-                                                     rich.min_richness_ratio, rich.separation_margin)
-            h, richness, sep = rich.hierarchy_weight * h, rich.richness_weight * richness, rich.separation_weight * sep
-            radial = w_rad * per_path(losses.radial(r, v, self.targets, self.radial_weights, inp["rad_i"][s],
-                                                    inp["rad_j"][s], delta, L.radial.margin_weight))
-            rank = L.rank.weight * per_path(losses.rank(r, v, inp["rank_i"][s], inp["rank_j"][s], L.rank.temperature))
-            zero_s = (per_path(losses.zero_structure(r, inp["zero_t"][s], inp["n0_std"][s], L.zero.valuation_weight,
-                                                     L.zero.sparsity_weight, L.zero.target_correlation))
-                      if use_zero else zero)
-            geo = (L.geodesic.weight * per_path(losses.geodesic(z, inp["geo_t"][s], inp["geo_i"][s], inp["geo_j"][s], c))
-                   if geometry else zero)
-            loss = recon + h + richness + sep + radial + rank + zero_s + geo
+            loss, terms = self._structure_loss({name: inp[name][s] for name in per_step}, phase)
             grad_sum += self._step(loss)
-            sums += torch.stack([recon, zero, h, richness, sep, radial, rank, zero_s, geo]).detach()
+            sums += terms.detach()
         return sums, grad_sum
+
+    def _structure_loss(self, step: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One structure/geometry step's loss and its terms (in TERMS order) from the step's inputs."""
+        cfg, model = self.cfg, self.model
+        L, rich = cfg.loss, cfg.loss.rich
+        geometry = phase == "geometry"
+        x, v = step["x"], step["v"]
+        mu_A, lv_A = (step["mu_A"], step["lv_A"]) if "mu_A" in step else model.encoder_A(x)
+        mu_B, lv_B = (step["mu_B"], step["lv_B"]) if "mu_B" in step else model.encoder_B(x)
+        masks_A = model.proj_A.split_masks(step["mask_A"], len(x)) if "mask_A" in step else None
+        masks_B = model.proj_B.split_masks(step["mask_B"], len(x)) if "mask_B" in step else None
+        z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A), masks_A)
+        z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B), masks_B)
+        c = model.curvature()
+        both_paths = L.a_path_weight != 0.0
+        if both_paths:                                               # A and B stacked: (2, B, d), (2, B)
+            z = torch.stack([z_A, z_B])
+            r = radius(z, c)
+            r_B = r[1]
+            per_path = lambda t: self.path_weights @ t  # noqa: E731  (upstream: A + B)
+        else:                                                        # B only (loss.a_path_weight = 0)
+            z = z_B
+            r = r_B = radius(z_B, c)
+            per_path = lambda t: t  # noqa: E731
+        zero = torch.zeros((), device=self.device)
+        recon = rich.coverage_weight * losses.reconstruction(model.decoder(log0(z_A, c)), step["cls"])
+        h, richness, sep = losses.rich_hierarchy(r_B, step["r_orig"], step["onehot"], step["counts"], self.targets,
+                                                 step["present"], step["var_levels"], self.sep_lo, self.sep_hi,
+                                                 rich.min_richness_ratio, rich.separation_margin)
+        h, richness, sep = rich.hierarchy_weight * h, rich.richness_weight * richness, rich.separation_weight * sep
+        delta = (L.radial.outer_radius - L.radial.inner_radius) / 9
+        w_rad = L.radial.weight * (0.5 if geometry else 1.0)
+        radial = w_rad * per_path(losses.radial(r, v, self.targets, self.radial_weights, step["rad_i"],
+                                                step["rad_j"], delta, L.radial.margin_weight))
+        rank = L.rank.weight * per_path(losses.rank(r, v, step["rank_i"], step["rank_j"], L.rank.temperature))
+        use_zero = L.zero.valuation_weight != 0.0 or L.zero.sparsity_weight != 0.0   # skip a switched-off term
+        zero_s = (per_path(losses.zero_structure(r, step["zero_t"], step["n0_std"], L.zero.valuation_weight,
+                                                 L.zero.sparsity_weight, L.zero.target_correlation))
+                  if use_zero else zero)
+        geo = (L.geodesic.weight * per_path(losses.geodesic(z, step["geo_t"], step["geo_i"], step["geo_j"], c))
+               if geometry else zero)
+        loss = recon + h + richness + sep + radial + rank + zero_s + geo
+        return loss, torch.stack([recon, zero, h, richness, sep, radial, rank, zero_s, geo])
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, phase: str) -> dict[str, float]:
@@ -611,23 +665,24 @@ class TernaryRun:
 
 
 def make_run(overrides: Mapping[str, Any] | None = None, *, epochs: int | None = None, seed: int = 0,
-             device: str = "cpu", preset: str | None = None, cuda_graphs: bool = True) -> TernaryRun:
+             device: str = "cpu", preset: str | None = None, cuda_graphs: bool = True,
+             compile: bool = False) -> TernaryRun:
     """A fresh run. ``overrides`` are dotted config keys; the key ``preset`` selects the base preset."""
     overrides = dict(overrides or {})
     base = preset or overrides.pop("preset", "v5_12_4")
     if not isinstance(base, str):
         raise config_mod.ConfigError(f"preset: expected a str, got {base!r}")
     cfg = config_mod.build(base, overrides=overrides, epochs=epochs, seed=seed)
-    return TernaryRun(cfg, device, cuda_graphs)
+    return TernaryRun(cfg, device, cuda_graphs, compile)
 
 
-def run_from_config(cfg: Config, device: str = "cpu", cuda_graphs: bool = True) -> TernaryRun:
+def run_from_config(cfg: Config, device: str = "cpu", cuda_graphs: bool = True, compile: bool = False) -> TernaryRun:
     config_mod.validate(cfg)
-    return TernaryRun(cfg, device, cuda_graphs)
+    return TernaryRun(cfg, device, cuda_graphs, compile)
 
 
 def load_run(directory: str | Path, *, device: str = "cpu", epochs: int | None = None,
-             cuda_graphs: bool = True) -> TernaryRun:
+             cuda_graphs: bool = True, compile: bool = False) -> TernaryRun:
     """Restore a run saved with ``save(directory)``; ``epochs`` may extend the total."""
     state = checkpoint.load(Path(directory) / CHECKPOINT_FILE)
     if state.get("version") != CHECKPOINT_VERSION:
@@ -635,6 +690,6 @@ def load_run(directory: str | Path, *, device: str = "cpu", epochs: int | None =
     cfg = config_mod.from_dict(Config, state["config"])
     if epochs is not None:
         config_mod.set_key(cfg, "epochs", epochs)
-    run = TernaryRun(cfg, device, cuda_graphs)
+    run = TernaryRun(cfg, device, cuda_graphs, compile)
     run.load_state(state)
     return run
