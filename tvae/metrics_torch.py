@@ -41,7 +41,7 @@ def spearman_discrete(x: torch.Tensor, codes: torch.Tensor, n_codes: int) -> tor
     rank_x = (first + last) / 2 + 1
     mean = (n + 1) / 2
     var_x = ((rank_x - mean) ** 2).sum()
-    sum_x = torch.zeros(n_codes, dtype=torch.float64, device=x.device).index_add_(0, grp, rank_x)
+    sum_x = torch.bincount(grp, weights=rank_x, minlength=n_codes)   # per-block histograms: few contended atomics
     cnt_y = torch.bincount(codes.to(torch.int64), minlength=n_codes).to(torch.float64)
     rank_y = torch.cumsum(cnt_y, 0) - cnt_y + (cnt_y + 1) / 2
     cov = ((rank_y - mean) * (sum_x - cnt_y * mean)).sum()

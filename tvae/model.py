@@ -27,8 +27,8 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str | Non
 
 
 class Dropout(nn.Module):
-    """Inverted dropout (see `keep_mask`). ``forward(x, mask)`` uses a mask drawn beforehand (the trainer draws
-    one epoch's masks at once); without one it draws its own."""
+    """Inverted dropout (see `keep_mask`). ``forward(x, mask)`` uses a mask drawn beforehand (a projection draws
+    all its sites' masks at once); without one it draws its own."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -134,6 +134,10 @@ class Projection(nn.Module):
         return out
 
     def forward(self, z: torch.Tensor, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``masks``: the dropout sites' masks (tests); in training without them, one draw covers all sites."""
+        if masks is None and self.training and self.dropout > 0.0:
+            batch = z.shape[0]
+            masks = self.split_masks(keep_mask((batch * sum(self.mask_widths),), self.dropout, z.device), batch)
         n = len(self.mask_widths) // 2
         direction = _run(self.direction, z, masks[:n] if masks else None)
         u = F.normalize(z + direction, dim=-1, eps=1e-12)

@@ -18,7 +18,7 @@ from tvae import checkpoint, config as config_mod, data, losses, metrics, metric
 from tvae.config import Config
 from tvae.geometry import distance, log0, radius
 from tvae.homeostasis import Homeostasis
-from tvae.model import TernaryVAE, keep_mask
+from tvae.model import TernaryVAE
 from tvae.schedules import cosine, lr_factor
 from tvae.tasks import DivergedError
 
@@ -93,6 +93,8 @@ class _SplitEval:
             self.dist_codes = as_dev(self.dist.dv.astype(np.int64))
         if self.on_device and self.pi is not None:
             self.padic_codes_dev = torch.from_numpy(self.padic_codes).to(device)
+        if self.pi is not None:       # pair indices on the evaluation's device, copied there once
+            self.pi_t, self.pj_t = torch.from_numpy(self.pi).to(device), torch.from_numpy(self.pj).to(device)
 
 
 class TernaryRun:
@@ -364,17 +366,7 @@ class TernaryRun:
         pull = cov.radial_weight * min(1.0, self.epoch / max(1, e1 // 2))   # ramp: 0 -> full at e1/2
         inp = {"perm": perm, "pi": pi, "pj": pj, "pull": torch.tensor(pull, device=dev),
                "steps": torch.empty(n_steps, 0, device=dev)}
-        self._draw_masks(inp, ("A",), n_steps, bsz)
         return inp
-
-    def _draw_masks(self, inp: dict[str, torch.Tensor], paths: tuple[str, ...], n_steps: int, batch: int) -> None:
-        """The epoch's dropout masks of the trained projections, one flat row per step (`model.keep_mask`)."""
-        p = self.cfg.model.projection_dropout
-        if p == 0.0:
-            return
-        for path in paths:
-            width = sum(getattr(self.model, f"proj_{path}").mask_widths)
-            inp[f"mask_{path}"] = keep_mask((n_steps, batch * width), p, self.device)
 
     def _coverage_steps(self, inp: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         bsz = min(self.cfg.coverage.batch_size, len(inp["perm"]))
@@ -382,8 +374,6 @@ class TernaryRun:
         grad_sum = torch.zeros((), device=self.device)
         for s, idx in enumerate(torch.split(inp["perm"], bsz)):
             step = {"idx": idx, "pi": inp["pi"][s], "pj": inp["pj"][s], "pull": inp["pull"]}
-            if "mask_A" in inp:
-                step["mask_A"] = inp["mask_A"][s]
             loss, terms = self._coverage_loss(step, bsz)
             grad_sum += self._step(loss)
             sums += terms.detach()
@@ -398,8 +388,7 @@ class TernaryRun:
         mu, logvar = model.encoder_A(x)
         c = model.curvature()
         eps = torch.randn_like(mu)
-        masks = model.proj_A.split_masks(step["mask_A"], len(idx)) if "mask_A" in step else None
-        z_A = model.proj_A(mu + eps * torch.exp(0.5 * logvar), masks)
+        z_A = model.proj_A(mu + eps * torch.exp(0.5 * logvar))
         recon = cov.recon_weight * losses.reconstruction(model.decode(z_A, c), cls)
         kl = cov.beta * losses.kl_divergence(mu, logvar, cov.free_bits)
         pi, pj = step["pi"], step["pj"]
@@ -410,41 +399,6 @@ class TernaryRun:
                                               pi, pj, delta, rad.margin_weight)
         zero = torch.zeros((), device=self.device)
         return recon + kl + radial, torch.stack([recon, kl, zero, zero, zero, radial, zero, zero, zero])
-
-    def _draw_masks(self, inp: dict[str, torch.Tensor], paths: tuple[str, ...], n_steps: int, batch: int) -> None:
-        """The epoch's dropout masks of the trained projections, one flat row per step (`model.keep_mask`)."""
-        p = self.cfg.model.projection_dropout
-        if p == 0.0:
-            return
-        for path in paths:
-            width = sum(getattr(self.model, f"proj_{path}").mask_widths)
-            inp[f"mask_{path}"] = keep_mask((n_steps, batch * width), p, self.device)
-
-    def _coverage_steps(self, inp: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg, model = self.cfg, self.model
-        cov, rad = cfg.coverage, cfg.loss.radial
-        pi, pj, pull = inp["pi"], inp["pj"], inp["pull"]
-        bsz = min(cov.batch_size, len(inp["perm"]))
-        delta = (rad.outer_radius - rad.inner_radius) / 9
-        sums = torch.zeros(len(TERMS), device=self.device)
-        grad_sum = torch.zeros((), device=self.device)
-        zero = torch.zeros((), device=self.device)
-        for s, idx in enumerate(torch.split(inp["perm"], bsz)):
-            x, cls, v = self.trits[idx], self.classes[idx], self.v[idx]
-            mu, logvar = model.encoder_A(x)
-            c = model.curvature()
-            eps = torch.randn_like(mu)
-            masks = model.proj_A.split_masks(inp["mask_A"][s], len(idx)) if "mask_A" in inp else None
-            z_A = model.proj_A(mu + eps * torch.exp(0.5 * logvar), masks)
-            recon = cov.recon_weight * losses.reconstruction(model.decode(z_A, c), cls)
-            kl = cov.beta * losses.kl_divergence(mu, logvar, cov.free_bits)
-            a, b = (pi[s], pj[s]) if len(idx) == bsz else (pi[s] % len(idx), pj[s] % len(idx))
-            radial = pull * losses.radial(radius(z_A, c), v, self.targets, self.radial_weights,
-                                          a, b, delta, rad.margin_weight)
-            loss = recon + kl + radial
-            grad_sum += self._step(loss)
-            sums += torch.stack([recon, kl, zero, zero, zero, radial, zero, zero, zero]).detach()
-        return sums, grad_sum
 
     def _structure_inputs(self, phase: str) -> dict[str, torch.Tensor]:
         cfg, dev = self.cfg, self.device
@@ -474,7 +428,6 @@ class TernaryRun:
             if self.homeostasis.frozen[name]:
                 mu, lv = self._frozen_outputs(name)
                 inp[f"mu_{name[-1]}"], inp[f"lv_{name[-1]}"] = mu[batches], lv[batches]
-        self._draw_masks(inp, ("A", "B"), S, B)
         return inp
 
     def _structure_steps(self, inp: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -495,10 +448,8 @@ class TernaryRun:
         x, v = step["x"], step["v"]
         mu_A, lv_A = (step["mu_A"], step["lv_A"]) if "mu_A" in step else model.encoder_A(x)
         mu_B, lv_B = (step["mu_B"], step["lv_B"]) if "mu_B" in step else model.encoder_B(x)
-        masks_A = model.proj_A.split_masks(step["mask_A"], len(x)) if "mask_A" in step else None
-        masks_B = model.proj_B.split_masks(step["mask_B"], len(x)) if "mask_B" in step else None
-        z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A), masks_A)
-        z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B), masks_B)
+        z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A))
+        z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B))
         c = model.curvature()
         both_paths = L.a_path_weight != 0.0
         if both_paths:                                               # A and B stacked: (2, B, d), (2, B)
@@ -550,9 +501,7 @@ class TernaryRun:
             pair_d, on_device = {}, {}
             for split, ev in self.evals.items():
                 if ev.pi is not None:
-                    pi = torch.from_numpy(ev.pi).to(self.device)
-                    pj = torch.from_numpy(ev.pj).to(self.device)
-                    pair_d[split] = distance(z_B[pi], z_B[pj], c)
+                    pair_d[split] = distance(z_B[ev.pi_t], z_B[ev.pj_t], c)
                 if ev.on_device:
                     nan = torch.full((), float("nan"), dtype=torch.float64, device=self.device)
                     dist = padic = nan
