@@ -64,15 +64,26 @@ def start(address: str | None, *, dashboard_port: int | None = None, num_cpus: i
     # "local" (not None/"auto"): never attach to another Ray instance running on this machine
     # no port given: Ray takes 8265, or the next free one (it retries); a given port must be free
     port = {"dashboard_port": free_port(dashboard_port)} if dashboard_port else {}
-    for attempt in (1, 2):
+    dashboard, retried = True, False
+    while True:
         try:
-            context = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **port,
-                               num_cpus=num_cpus, num_gpus=num_gpus, logging_level=logging.WARNING)
+            context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                               **(port if dashboard else {}), num_cpus=num_cpus, num_gpus=num_gpus,
+                               logging_level=logging.WARNING)
             break
-        except Exception as exc:  # Ray gives its raylet a fixed 30 s to register: an overloaded machine misses it
+        except Exception as exc:
             ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(exc):
+            if dashboard and "dashboard with missing packages" in str(exc):
+                # a Ray without its dashboard packages (no ray[default]): the study matters more than the view
+                print("Ray dashboard unavailable: its packages are missing (pip install 'ray[default]'); "
+                      "the study runs without it (follow it with `python -m study.status`)",
+                      file=sys.stderr, flush=True)
+                dashboard = False
+                continue
+            # Ray gives its raylet a fixed 30 s to register: an overloaded machine misses it; one more try
+            if retried or "timed out during startup" not in str(exc):
                 raise RayStartError(f"could not start a local Ray instance: {exc}") from exc
+            retried = True
             print("Ray did not start within its 30 s (an overloaded machine?): trying once more",
                   file=sys.stderr, flush=True)
     url = context.dashboard_url

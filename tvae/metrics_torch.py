@@ -29,16 +29,12 @@ def spearman_discrete(x: torch.Tensor, codes: torch.Tensor, n_codes: int) -> tor
     keys, _ = torch.sort((monotone_keys(x) << 4) | codes.to(torch.int64))
     grp = keys & 15
     value = keys >> 4
-    # average rank of every sorted position: a run of equal values shares (first + last position)/2 + 1
-    positions = torch.arange(n, dtype=torch.float64, device=x.device)
-    same_as_next = value[1:] == value[:-1]
-    starts_run = torch.ones(n, dtype=torch.bool, device=x.device)
-    starts_run[1:] = ~same_as_next
-    ends_run = torch.ones(n, dtype=torch.bool, device=x.device)
-    ends_run[:-1] = ~same_as_next
-    first = torch.cummax(torch.where(starts_run, positions, 0.0), 0).values
-    last = torch.cummin(torch.where(ends_run, positions, float(n)).flip(0), 0).values.flip(0)
-    rank_x = (first + last) / 2 + 1
+    # average rank of every sorted position: a run of equal values occupies positions [first, end), so its
+    # members share the rank (first + end + 1)/2; binary searches in the sorted values find both ends
+    # (a scan with cummax/cummin took 6 ms of a 10 ms evaluation on an H200)
+    first = torch.searchsorted(value, value, side="left")
+    end = torch.searchsorted(value, value, side="right")
+    rank_x = (first + end + 1).to(torch.float64) / 2
     mean = (n + 1) / 2
     var_x = ((rank_x - mean) ** 2).sum()
     sum_x = torch.bincount(grp, weights=rank_x, minlength=n_codes)   # per-block histograms: few contended atomics
