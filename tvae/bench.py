@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="GPU: run the steps eagerly instead of replaying one CUDA graph per epoch")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile each step's loss (compiles once per phase; the 'max' column shows it)")
+                   help="torch.compile each step's loss (compiles once per phase: the 'max' column shows it)")
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be >= 2")

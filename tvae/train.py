@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, the fastest here)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile each step's loss: faster epochs after ~20 s of compiling per phase")
+                   help="torch.compile each step's loss (GPU: 0.043 instead of 0.069 s/epoch on an H200 after "
+                        "10-18 s of compiling per phase; no gain on a CPU)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (and the last)")
