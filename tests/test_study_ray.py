@@ -181,7 +181,7 @@ def test_smoke_study_records_one_row_per_trial_and_epoch(smoke_study):
 
 # ------------------------------------------------------------------------------- interrupt, then resume
 
-def _running_with_checkpoint(study_dir: Path) -> str | None:
+def _running_with_checkpoint(study_dir: Path, epochs: int) -> str | None:
     """A RUNNING trial whose first checkpoint (and so its first part file) is on disk, once a trial finished."""
     statuses = _statuses(study_dir)
     if "COMPLETED" not in statuses.values():
@@ -189,21 +189,23 @@ def _running_with_checkpoint(study_dir: Path) -> str | None:
     location = StudyLocation.open(str(study_dir.parent), study_dir.name)
     for trial_id, status in statuses.items():
         parts = recorder.list_parts(location, trial_id) if status == "RUNNING" else []
-        if parts and parts[-1][1] < 6:   # checkpointed, with at least 4 of its 10 epochs still to run
+        if parts and parts[-1][1] < epochs - 4:   # checkpointed, with at least 4 of its epochs still to run
             return trial_id
     return None
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_interrupted_study_resumes_to_exactly_the_requested_trials(tmp_path, sig):
-    trials, epochs = 3, 10
+    # 24 epochs: the window to interrupt (one trial finished, another checkpointed with >= 4 epochs to run)
+    # must outlast the status files' updates; at 10 epochs a fast machine finished the study inside it
+    trials, epochs = 3, 24
     study_dir = tmp_path / "k"
     driver = Driver(["--space", "smoke", "--trials", str(trials), "--epochs", str(epochs), "--name", "k",
                      "--results", str(tmp_path), "--checkpoint-every", "2"], tmp_path / "first.log")
     try:
-        _wait_until(lambda: _running_with_checkpoint(study_dir), 300, "a finished and a checkpointed trial",
-                    driver)
-        continuing = _running_with_checkpoint(study_dir)
+        _wait_until(lambda: _running_with_checkpoint(study_dir, epochs), 300,
+                    "a finished and a checkpointed trial", driver)
+        continuing = _running_with_checkpoint(study_dir, epochs)
         time.sleep(0.3)  # let the driver register that checkpoint (Tune persists it before reporting it)
         if sig == signal.SIGKILL:
             os.killpg(driver.proc.pid, signal.SIGKILL)
