@@ -288,7 +288,10 @@ def _run(space, config, location, resume: bool) -> int:
         tuner, _ = tune_driver.build_tuner(space, config, location, resume)
         outcome = tune_driver.fit(tuner, config.trials)
         cleaned = None if outcome.interrupted else tune_driver.finish_study(location, outcome)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # a SIGTERM inside ray.init meets Ray's own handler, sys.exit(SIGTERM), before ours is back: same case
+        if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
+            raise
         from study.layout import STUDY_JSON
 
         if location.exists(location.join(STUDY_JSON)):
@@ -296,6 +299,13 @@ def _run(space, config, location, resume: bool) -> int:
         else:
             print("\nInterrupted before the study started: nothing was stored; run the same command again.",
                   file=sys.stderr)
+        if isinstance(exc, SystemExit):
+            # Ray's core worker was cut off while connecting: its C++ teardown at interpreter exit can abort
+            # (seen: exit 134 after this message). Stop Ray, then leave without that teardown.
+            cluster.stop()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     finally:
         if "ray" in sys.modules:   # absent when Ctrl-C interrupted `import ray` itself: nothing to stop
