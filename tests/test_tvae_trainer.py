@@ -109,3 +109,17 @@ def test_learnable_curvature_receives_gradients():
     rows = [run.train_epoch() for _ in range(3)]
     assert rows[0]["curvature"] != 1.0 and rows[2]["curvature"] != rows[1]["curvature"]
     assert all(math.isfinite(r["train_hierarchy_B"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_compiled_steps_train_like_eager_steps():
+    """`compile=True` (torch.compile of each step's loss): same recipe, same seed, losses of the same size."""
+    phases = TINY | {"phases.structure_start": 1, "phases.geometry_start": 2}
+    eager = make_run("ternary_vae", phases, epochs=3, seed=0)
+    compiled = trainer.make_run(phases, epochs=3, seed=0, compile=True)
+    assert compiled.compiled and not eager.compiled
+    for _ in range(3):
+        e, c = eager.train_epoch(), compiled.train_epoch()
+        assert e["phase"] == c["phase"]
+        assert math.isfinite(c["loss"])
+        assert c["loss"] == pytest.approx(e["loss"], rel=0.05)
