@@ -19,7 +19,9 @@ def test_graph_replay_trains_like_eager_steps():
     graph_run, graph_rows = _train(True)
     eager_run, eager_rows = _train(False)
     assert graph_run.graphs is not None and eager_run.graphs is None
-    assert graph_run.graphs.captures == 3                     # coverage, structure, geometry
+    # one capture per (phase, trainable modules, frozen encoders): coverage, structure, geometry, plus one per
+    # homeostasis change the run may have made
+    assert graph_run.graphs.captures >= 3
     for g, e in zip(graph_rows, eager_rows):
         assert g["phase"] == e["phase"]
         assert math.isfinite(g["loss"])
