@@ -218,7 +218,9 @@ class TrialsTableWriter(tune.Callback):
         self._last = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.write(trials)
+        # Tune calls this before it marks the trial RUNNING: without `ending`, a trial that starts while no
+        # other trial ends stayed PENDING in the table for up to `period` seconds (a short trial, its whole run)
+        self.write(trials, trial, Trial.RUNNING)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if time.monotonic() - self._last > self.period:
