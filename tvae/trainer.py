@@ -290,7 +290,7 @@ class TernaryRun:
         lr = self._set_lrs(phase, trainable)
         for name, flat in self._flat_params.items():      # frozen modules: no gradient, no Adam update
             flat.grad = self._flat_grads[name] if trainable.get(name, True) else None
-        before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+        before = self._flat.clone()                         # every parameter, in one flat buffer (_flatten)
 
         if phase == "coverage":
             inputs, steps_fn = self._coverage_inputs(), self._coverage_steps
@@ -301,19 +301,20 @@ class TernaryRun:
         else:   # the graph key: everything the recorded steps depend on besides the inputs
             key = (phase, tuple(sorted(trainable.items())), tuple(sorted(self.homeostasis.frozen.items())))
             sums, grad_sum = self.graphs.run(key, steps_fn, inputs)
-        steps = int(inputs["steps"].shape[0])
+        steps = len(inputs["pi"] if phase == "coverage" else inputs["x"])
 
         # --- the one host synchronisation of the training part
-        term_values = (sums / steps).tolist()
+        *term_values, grad_total = torch.cat([sums / steps, grad_sum.reshape(1)]).tolist()
         t_train, c_train = time.perf_counter(), time.process_time()
-        grad_norm = float(grad_sum) / steps
+        grad_norm = grad_total / steps
         terms = dict(zip(TERMS, term_values))
         for name, value in terms.items():
             if not math.isfinite(value):
                 raise DivergedError(f"epoch {self.epoch}: loss term {name!r} is {value}")
-        after = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-        module_norms = {name: float(torch.nn.utils.parameters_to_vector(getattr(model, name).parameters()).detach().norm())
-                        for name in TernaryVAE.MODULES}
+        after = self._flat
+        weight_norm, update_ratio, *module_norms = torch.stack(
+            [after.norm(), (after - before).norm() / before.norm().clamp_min(1e-12)]
+            + [self._flat_params[name].norm() for name in TernaryVAE.MODULES]).tolist()
         row: dict[str, Any] = {"epoch": self.epoch, "phase": phase}
         row.update(self._evaluate(phase))
         self.timings = {"train_s": t_train - t_start, "eval_s": time.perf_counter() - t_train,
@@ -322,9 +323,9 @@ class TernaryRun:
         row.update({f"loss_{k}": v for k, v in terms.items()})
         row["lr"] = lr
         row["grad_norm"] = grad_norm
-        row["weight_norm"] = float(after.norm())
-        row.update({f"weight_norm_{name}": value for name, value in module_norms.items()})
-        row["update_ratio"] = float((after - before).norm() / before.norm().clamp_min(1e-12))
+        row["weight_norm"] = weight_norm
+        row.update({f"weight_norm_{name}": value for name, value in zip(TernaryVAE.MODULES, module_norms)})
+        row["update_ratio"] = update_ratio
         if phase != "coverage":
             events = self.homeostasis.update(self.epoch, row["train_coverage"], row["train_hierarchy_A"],
                                              row["train_hierarchy_B"], row["train_dist_corr"])
@@ -355,7 +356,7 @@ class TernaryRun:
         return i, j
 
     # Each phase's epoch = inputs (everything random or epoch-dependent, drawn up front) + steps (a pure loop
-    # over them: the part a CUDA graph records). ``inputs["steps"]`` is an empty (S, 0) tensor that carries S.
+    # over them: the part a CUDA graph records). Coverage: one row of pairs per step; structure: one of everything.
     def _coverage_inputs(self) -> dict[str, torch.Tensor]:
         cfg, dev = self.cfg, self.device
         cov, rad = cfg.coverage, cfg.loss.radial
@@ -365,9 +366,7 @@ class TernaryRun:
         pi, pj = self._pairs(n_steps, bsz, min(rad.n_pairs, bsz * (bsz - 1) // 2))
         e1 = cfg.phases.structure_start
         pull = cov.radial_weight * min(1.0, self.epoch / max(1, e1 // 2))   # ramp: 0 -> full at e1/2
-        inp = {"perm": perm, "pi": pi, "pj": pj, "pull": torch.tensor(pull, device=dev),
-               "steps": torch.empty(n_steps, 0, device=dev)}
-        return inp
+        return {"perm": perm, "pi": pi, "pj": pj, "pull": torch.tensor(pull, device=dev)}
 
     def _train_steps(self, steps: Iterable[dict[str, torch.Tensor]], loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
         """The loop of an epoch: for each step's inputs, its loss and a clipped Adam step. Returns the sums of
@@ -417,7 +416,6 @@ class TernaryRun:
         counts = onehot.sum(1)                                       # (S, 10)
         n0 = self.zero_count[batches]
         inp = {
-            "steps": torch.empty(S, 0, device=dev),
             "x": self.trits[batches], "cls": self.classes[batches], "v": v_b,    # whole-epoch gathers
             "onehot": onehot, "counts": counts, "present": (counts > 0).float(), "var_levels": (counts > 1).float(),
             "r_orig": self.r_orig[batches],
@@ -438,8 +436,7 @@ class TernaryRun:
         return inp
 
     def _structure_steps(self, inp: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
-        per_step = [name for name in inp if name != "steps"]
-        steps = ({name: inp[name][s] for name in per_step} for s in range(inp["steps"].shape[0]))
+        steps = ({name: value[s] for name, value in inp.items()} for s in range(len(inp["x"])))
         return self._train_steps(steps, lambda step: self._structure_loss(step, phase))
 
     def _structure_loss(self, step: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
