@@ -44,10 +44,17 @@ def make_optimizer(cfg: Config, groups: list[dict[str, Any]], device: torch.devi
         return geoopt.optim.RiemannianAdam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     if device.type == "cuda":
         for group in groups:
-            group["lr"] = torch.tensor(cfg.optim.lr, dtype=torch.float32, device=device)
+            group["lr"] = lr_holder(cfg, device, cfg.optim.lr)
         return torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True,
                                 capturable=True)
     return torch.optim.Adam(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True)
+
+
+def lr_holder(cfg: Config, device: torch.device, value: float) -> float | torch.Tensor:
+    """How a param group holds its learning rate: a device tensor for the capturable GPU Adam, else a float."""
+    if device.type == "cuda" and cfg.optim.optimizer == "adam":
+        return torch.tensor(value, dtype=torch.float32, device=device)
+    return value
 
 
 def set_lr(group: dict[str, Any], value: float) -> None:
@@ -602,11 +609,7 @@ class TernaryRun:
         if self.graphs is not None:      # recorded steps point at the optimiser state this load replaced
             self.graphs.clear()
         for group in self.optimizer.param_groups:   # a checkpoint from the other device kind stores lr as the other type
-            lr = float(group["lr"])
-            if self.device.type == "cuda" and self.cfg.optim.optimizer == "adam":
-                group["lr"] = torch.tensor(lr, dtype=torch.float32, device=self.device)
-            else:
-                group["lr"] = lr
+            group["lr"] = lr_holder(self.cfg, self.device, float(group["lr"]))
 
 
 # ---------------------------------------------------------------------------------------------- task API
