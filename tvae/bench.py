@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run.train_epoch()
         t = run.timings
         rows.append((row["phase"], t["train_s"], t["eval_s"], t["train_cpu_s"], t["eval_cpu_s"]))
-    med = lambda xs: statistics.median(xs)  # noqa: E731
+    med = statistics.median
     train = med([r[1] for r in rows])
     ev = med([r[2] for r in rows])
     total = med([r[1] + r[2] for r in rows])

@@ -53,7 +53,7 @@ def _monotone_bits(x: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _positions(n: int) -> np.ndarray:
-    out = np.arange(n, dtype=np.float64)
+    out = np.arange(1, n + 1, dtype=np.float64)       # the ranks 1..n
     out.flags.writeable = False
     return out
 
@@ -66,8 +66,6 @@ def _rank_sums(keys: np.ndarray, n_codes: int) -> tuple[np.ndarray, float]:
     its rank total but spreads it evenly (average rank), and lowers the squared deviations by (t^3 - t)/12."""
     n = len(keys)
     grp = (keys & np.uint64(15)).astype(np.intp)
-    sums = np.bincount(grp, weights=_positions(n), minlength=n_codes) + np.bincount(grp, minlength=n_codes)
-    var = n * (n * n - 1) / 12.0
     value = keys >> np.uint64(4)
     same = value[1:] == value[:-1]                           # same[i]: value[i] == value[i + 1]
     if same.sum() > n // 16:                                 # many ties (collapsed radii): dense average ranks
@@ -78,6 +76,8 @@ def _rank_sums(keys: np.ndarray, n_codes: int) -> tuple[np.ndarray, float]:
         run_len = np.diff(np.append(starts, n))
         rank_x = np.repeat(starts + (run_len + 1) / 2.0, run_len)
         return np.bincount(grp, weights=rank_x, minlength=n_codes), float(((rank_x - (n + 1) / 2.0) ** 2).sum())
+    sums = np.bincount(grp, weights=_positions(n), minlength=n_codes)   # ranks by position
+    var = n * (n * n - 1) / 12.0
     tied = np.flatnonzero(same)
     if len(tied):
         in_run = np.zeros(n, dtype=bool)

@@ -18,7 +18,7 @@ from tvae import checkpoint, config as config_mod, data, losses, metrics, metric
 from tvae.config import Config
 from tvae.geometry import distance, log0, radius
 from tvae.homeostasis import Homeostasis
-from tvae.model import TernaryVAE
+from tvae.model import TernaryVAE, sample
 from tvae.schedules import cosine, lr_factor
 from tvae.tasks import DivergedError
 
@@ -400,8 +400,7 @@ class TernaryRun:
         x, cls, v = self.trits[idx], self.classes[idx], self.v[idx]
         mu, logvar = model.encoder_A(x)
         c = model.curvature()
-        eps = torch.randn_like(mu)
-        z_A = model.proj_A(mu + eps * torch.exp(0.5 * logvar))
+        z_A = model.proj_A(sample(mu, logvar))
         recon = cov.recon_weight * losses.reconstruction(model.decode(z_A, c), cls)
         kl = cov.beta * losses.kl_divergence(mu, logvar, cov.free_bits)
         pi, pj = step["pi"], step["pj"]
@@ -454,8 +453,8 @@ class TernaryRun:
         x, v = step["x"], step["v"]
         mu_A, lv_A = (step["mu_A"], step["lv_A"]) if "mu_A" in step else model.encoder_A(x)
         mu_B, lv_B = (step["mu_B"], step["lv_B"]) if "mu_B" in step else model.encoder_B(x)
-        z_A = model.proj_A(mu_A + torch.randn_like(mu_A) * torch.exp(0.5 * lv_A))
-        z_B = model.proj_B(mu_B + torch.randn_like(mu_B) * torch.exp(0.5 * lv_B))
+        z_A = model.proj_A(sample(mu_A, lv_A))
+        z_B = model.proj_B(sample(mu_B, lv_B))
         c = model.curvature()
         both_paths = L.a_path_weight != 0.0
         if both_paths:                                               # A and B stacked: (2, B, d), (2, B)
