@@ -392,7 +392,9 @@ def collect_all_events(lf: pl.LazyFrame, *, pairs: Sequence[str] | None = None, 
     metrics = list(metrics) if metrics is not None else M.metric_columns(schema, directions)
     options["metrics"] = metrics
     columns = list(dict.fromkeys([*metrics, *[M.TRAIN + p for p in pairs], *[M.HELDOUT + p for p in pairs]]))
-    lf = prepare(lf, columns)
+    # collected once: collect_all does not share a common sub-plan between queries (measured: the sort ran
+    # twice, 2.4 s instead of 1.9-2.0 s of CPU for 1M rows); the detectors take the prepared frame as it is
+    lf = prepare(lf, columns).collect(engine=engine).lazy()
     tables = [grokking(lf, p, rule=rule, directions=directions) for p in pairs]
     table_q = pl.concat(tables) if tables else grokking_schema_frame()
     table, ev, *rest = pl.collect_all([table_q, events(lf, pairs=[], **options), *extra], engine=engine)
