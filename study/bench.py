@@ -40,8 +40,8 @@ def run_study(space, config, location) -> tuple[float, float, list[dict], list[f
     cluster.start(None, dashboard_port=None)
     t1 = time.perf_counter()
     try:
-        tuner, _ = tune_driver.build_tuner(space, config, location, resume=False)
-        outcome = tune_driver.fit(tuner, config.trials)
+        tuner, callback = tune_driver.build_tuner(space, config, location, resume=False)
+        outcome = tune_driver.fit(tuner, config.trials, callback.scheduler)
         t2 = time.perf_counter()
     finally:
         cluster.stop()

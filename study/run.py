@@ -285,8 +285,8 @@ def _run(space, config, location, resume: bool) -> int:
         if resume and not tune_driver.can_restore(location):
             resume = False  # killed before Tune wrote its first snapshot: start the trials afresh
             print("No Ray Tune state stored yet: starting the trials from the beginning.")
-        tuner, _ = tune_driver.build_tuner(space, config, location, resume)
-        outcome = tune_driver.fit(tuner, config.trials)
+        tuner, callback = tune_driver.build_tuner(space, config, location, resume)
+        outcome = tune_driver.fit(tuner, config.trials, callback.scheduler)
         cleaned = None if outcome.interrupted else tune_driver.finish_study(location, outcome)
     except (KeyboardInterrupt, SystemExit) as exc:
         # a SIGTERM inside ray.init meets Ray's own handler, sys.exit(SIGTERM), before ours is back: same case

@@ -302,11 +302,12 @@ def build_tuner(space: SearchSpace, config: StudyConfig, location: StudyLocation
     return tuner, callback
 
 
-def fit(tuner: tune.Tuner, requested: int) -> Outcome:
+def fit(tuner: tune.Tuner, requested: int, scheduler: TrialScheduler | None) -> Outcome:
+    """``scheduler``: the one the tuner runs with (`build_tuner`'s callback holds it)."""
     grid = tuner.fit()
     # trials the scheduler stopped early are finished (PRUNED), not unfinished: else the study would report
     # itself interrupted, and every resume would again
-    stopped = getattr(tuner._local_tuner._tune_config.scheduler, "stopped", {})
+    stopped = getattr(scheduler, "stopped", {})
     statuses: dict[str, str] = {}
     for result in grid:
         metrics = result.metrics or {}
