@@ -420,16 +420,18 @@ class TernaryRun:
         L = cfg.loss
         batches = self.sampler.epoch_batches()                       # (S, B)
         S, B = batches.shape
-        v_b = self.v[batches]                                        # (S, B)
+        flat = batches.reshape(-1)
+        take = lambda t: t.index_select(0, flat).view(S, B, *t.shape[1:])  # noqa: E731  (t[batches], 5x faster)
+        v_b = take(self.v)                                           # (S, B)
         onehot = torch.nn.functional.one_hot(v_b, 10).float()         # (S, B, 10)
         counts = onehot.sum(1)                                       # (S, 10)
-        n0 = self.zero_count[batches]
+        n0 = take(self.zero_count)
         inp = {
-            "x": self.trits[batches], "cls": self.classes[batches], "v": v_b,    # whole-epoch gathers
+            "x": take(self.trits), "cls": take(self.classes), "v": v_b,    # whole-epoch gathers
             "onehot": onehot, "counts": counts, "present": (counts > 0).float(), "var_levels": (counts > 1).float(),
-            "r_orig": self.r_orig[batches],
+            "r_orig": take(self.r_orig),
             "n0_std": (n0 - n0.mean(1, keepdim=True)) / (n0.std(1, keepdim=True) + 1e-8),
-            "zero_t": self.zero_target[batches],
+            "zero_t": take(self.zero_target),
         }
         inp["rad_i"], inp["rad_j"] = self._pairs(S, B, min(L.radial.n_pairs, B * (B - 1) // 2))
         inp["rank_i"], inp["rank_j"] = self._pairs(S, B, min(L.rank.n_pairs, B * (B - 1)))
@@ -444,7 +446,7 @@ class TernaryRun:
         for name in ("encoder_A", "encoder_B"):                      # a frozen encoder's outputs, gathered
             if self.homeostasis.frozen[name]:
                 mu, lv = self._frozen_outputs(name)
-                inp[f"mu_{name[-1]}"], inp[f"lv_{name[-1]}"] = mu[batches], lv[batches]
+                inp[f"mu_{name[-1]}"], inp[f"lv_{name[-1]}"] = take(mu), take(lv)
         return inp
 
     def _structure_steps(self, inp: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
