@@ -35,6 +35,19 @@ def parameters(space: SearchSpace, samples: int = 64) -> dict[str, str]:
     return seen
 
 
+def searched_keys(space: SearchSpace, samples: int = 64) -> set[str]:
+    """The config keys the space's trials set, over ``samples`` random trials (a conditional key appears
+    only in the trials whose branch draws it)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    keys: set[str] = set()
+    for _ in range(samples):
+        trial = study.ask()
+        keys.update(space.define(trial))
+        study.tell(trial, 0.0)
+    return keys
+
+
 def describe(space: SearchSpace) -> dict[str, Any]:
     return {
         "name": space.name, "task": space.task, "description": space.description,

@@ -104,14 +104,10 @@ def check_sets(space, sets: dict[str, Any]) -> None:
     """Refuse --set keys the space searches, and keys or values the task does not accept (named)."""
     if not sets:
         return
-    import optuna
-
+    from search_spaces.describe import searched_keys
     from tvae import tasks
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    probe.set_user_attr("epochs", 1)
-    searched = sorted(set(space.define(probe.ask())) & set(sets))
+    searched = sorted(searched_keys(space) & set(sets))
     if searched:
         raise ValueError(f"--set {', '.join(searched)}: the space {space.name!r} searches "
                          f"{'this key' if len(searched) == 1 else 'these keys'}; choose another space or key")

@@ -172,3 +172,16 @@ def test_grokking_asha_never_stops_a_memorised_trial_but_prunes_others():
     stopped = {t for t, a in actions.items() if a == "STOP"}
     assert stopped and "t0" not in stopped and "t1" not in stopped
     assert all("below the rung cutoff" in scheduler.stopped[t] for t in stopped)
+
+
+def test_set_of_a_conditionally_searched_key_is_refused(tmp_path, capsys):
+    """schedule.phases is drawn only when a trial picks the multi_phase schedule: --set must still refuse it,
+    or it would silently lose to the searched value in those trials."""
+    from search_spaces.describe import searched_keys
+
+    assert {"schedule.phases", "schedule.T0"} <= searched_keys(search_spaces.get("grokking"))
+    for key, value in [("schedule.phases", "[]"), ("schedule.T0", "10")]:
+        assert study_run.main(["--space", "grokking", "--results", str(tmp_path), "--dry-run",
+                               "--set", f"{key}={value}"]) == 2
+        assert f"--set {key}: the space 'grokking' searches this key" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())                     # nothing written
