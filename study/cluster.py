@@ -103,8 +103,59 @@ def dashboard_help(info: RayInfo) -> str:
     return "\n".join(lines)
 
 
-def stop() -> None:
+def stop(interrupted_start: bool = False) -> None:
+    """Disconnect from Ray, stopping the local instance this process started.
+
+    ``interrupted_start``: ray.init was cut off (a signal while it connected). Ray then does not count itself
+    initialised, and a plain shutdown left the node's agents running, reparented to init (seen:
+    ray::DashboardAgent, ray::RuntimeEnvAgent, the dashboard's module forkserver): the raylet was still
+    starting them. Every Ray process this process started is frozen, then killed (a start has no state to
+    save), before Ray's own shutdown."""
     import ray
 
-    if ray.is_initialized():
+    if interrupted_start:
+        _kill_started_node()
+    if interrupted_start or ray.is_initialized():
         ray.shutdown()
+
+
+# command-line marks of the processes a local Ray node consists of
+_RAY_MARKS = ("ray::", "raylet", "gcs_server", "ray/dashboard", "ray/_private", "ray.dashboard", "ray-dashboard")
+
+
+def _ray_descendants() -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if any(mark in cmd for mark in _RAY_MARKS):
+            found.append(proc)
+    return found
+
+
+def _kill_started_node() -> None:
+    """SIGSTOP the Ray processes below this one, listing them again until no new one appears (a stopped
+    process spawns nothing, so the list becomes complete), then SIGKILL them all."""
+    import psutil
+
+    frozen: dict[int, psutil.Process] = {}
+    for _ in range(20):
+        new = [proc for proc in _ray_descendants() if proc.pid not in frozen]
+        if not new:
+            break
+        for proc in new:
+            try:
+                proc.suspend()
+            except psutil.Error:
+                pass
+            frozen[proc.pid] = proc
+    for proc in frozen.values():
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(frozen.values()), timeout=5)

@@ -260,12 +260,14 @@ def _run(space, config, location, resume: bool) -> int:
     _sigterm_as_sigint()
     from study import cluster
 
+    ray_up = False   # cluster.start returned: an interrupt before that may have cut ray.init off
     try:
         try:
             info = cluster.start(config.address, dashboard_port=config.dashboard_port)
         except cluster.RayStartError as exc:
             print(f"error: {exc}\nNothing was written to the study directory; run the same command again.", file=sys.stderr)
             return EXIT_FAILED_TRIALS
+        ray_up = True
         _sigterm_as_sigint()   # again: ray.init installs its own SIGTERM handler, which would just exit
         try:
             check_resources(config)   # before study.json: a refused new study leaves nothing behind
@@ -297,15 +299,15 @@ def _run(space, config, location, resume: bool) -> int:
                   file=sys.stderr)
         if isinstance(exc, SystemExit):
             # Ray's core worker was cut off while connecting: its C++ teardown at interpreter exit can abort
-            # (seen: exit 134 after this message). Stop Ray, then leave without that teardown.
-            cluster.stop()
+            # (seen: exit 134 after this message). Stop Ray and what it started, then leave without that teardown.
+            cluster.stop(interrupted_start=True)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     finally:
         if "ray" in sys.modules:   # absent when Ctrl-C interrupted `import ray` itself: nothing to stop
-            cluster.stop()
+            cluster.stop(interrupted_start=not ray_up)
 
     if outcome.interrupted:
         print(f"\nStudy interrupted: {outcome.finished} of {outcome.requested} trials finished. "

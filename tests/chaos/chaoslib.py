@@ -54,6 +54,26 @@ class Driver:
             self.kill_group()
             raise AssertionError(f"driver did not exit within {timeout:.0f}s; output:\n{self.output()[-4000:]}")
 
+    def session_processes(self) -> list[str]:
+        """Command lines of the processes running in the driver's session (the driver and what it started,
+        reparented or not). Linux /proc; zombies do not count."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == self.proc.pid and fields[0] != "Z":           # session id, state
+                    found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()[:160])
+            except (OSError, IndexError, ValueError):
+                continue
+        return found
+
+    def session_left(self, within: float = 20.0) -> list[str]:
+        """`session_processes` once they had ``within`` seconds to exit (call it after the driver exited)."""
+        deadline = time.monotonic() + within
+        while (left := self.session_processes()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return left
+
     def kill_group(self) -> None:
         """SIGKILL the driver's whole process group (the driver and what it started in its session)."""
         try:

@@ -36,10 +36,13 @@ def _strike(driver, sig: int) -> bool:
     """Signal the driver, check how it ended; return whether it said there is a study to resume."""
     driver.signal(sig)
     rc = driver.wait(RUN_TIMEOUT)
-    driver.kill_group()   # what a killed job leaves behind goes too (Ray's own processes share its fate)
+    # an interrupted driver stops what it started; a SIGKILLed one cannot (its group is killed below)
+    left = [] if sig == signal.SIGKILL else driver.session_left()
+    driver.kill_group()
     if sig == signal.SIGKILL:
         assert rc == -signal.SIGKILL
         return True
+    assert not left, f"still running after the driver exited: {left}"
     out = driver.output()
     assert rc == 130, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
@@ -64,16 +67,23 @@ def _continued_from_checkpoint(study_dir) -> bool:
 
 @pytest.mark.chaos
 @pytest.mark.parametrize("sig, moment", [(signal.SIGINT, "importing"), (signal.SIGTERM, "importing"),
+                                         (signal.SIGINT, "ray-starting"), (signal.SIGTERM, "ray-starting"),
                                          (signal.SIGKILL, "ray-started")],
-                         ids=["SIGINT-importing", "SIGTERM-importing", "SIGKILL-ray-started"])
+                         ids=["SIGINT-importing", "SIGTERM-importing", "SIGINT-ray-starting",
+                              "SIGTERM-ray-starting", "SIGKILL-ray-started"])
 def test_killed_during_start_up(studies, tmp_path, sig, moment):
-    """``importing``: 1.5 s after launch (Python imports, Ray starting); ``ray-started``: study.json is written
-    (Ray is up, Tune not started). Whatever was stored, the printed next step finishes the study."""
+    """``importing``: 1.5 s after launch (Python imports, Ray starting); ``ray-starting``: Ray's raylet is up
+    (ray.init is still connecting); ``ray-started``: study.json is written (Ray is up, Tune not started).
+    Whatever was stored, the printed next step finishes the study, and an interrupted driver leaves no Ray
+    process running (an interrupted ray.init once left the node's agents behind)."""
     results = tmp_path / "results"
     args = _args(results, "startup")
     driver = studies.start(*args)
     if moment == "importing":
         time.sleep(1.5)
+    elif moment == "ray-starting":
+        wait_for(lambda: any("raylet" in cmd for cmd in driver.session_processes()), STARTUP_TIMEOUT,
+                 "Ray's raylet", driver, 0.05)
     else:
         wait_for(lambda: (results / "startup" / "study.json").exists(), STARTUP_TIMEOUT, "study.json", driver,
                  0.05)
