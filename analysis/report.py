@@ -48,7 +48,7 @@ class ReportOptions:
     out: Path
     pairs: tuple[str, ...] = ()          # default: every pair in the data
     metric: str | None = None            # the metric that ranks trials; default: study.json's, else heldout_<pair>
-    mode: str | None = None              # max|min; default: study.json's, else the metric's direction
+    mode: str | None = None              # max|min; default: a --direction for the metric, study.json's, the table
     params: tuple[str, str] | None = None  # the phase diagram's axes (names with or without `param_`)
     top: int = 4                         # best trials and interesting trials per study in the curves
     window: int | None = None            # plateau/transition window; default auto_window
@@ -84,7 +84,9 @@ def _ranking_metric(options: ReportOptions, infos: list[dict], schema: dict,
         metric = next((M.HELDOUT + p for p in pairs), None) or next(iter(M.metric_columns(schema)), None)
     if metric is not None and metric not in schema:
         raise ValueError(f"--metric {metric!r} is not a column of the data")
-    mode = options.mode or next((i.get("mode") for i in infos if i.get("metric") == metric and i.get("mode")), None)
+    # an explicit --mode, then a --direction given for this metric, then the study's own, then the metric table
+    mode = (options.mode or dict(options.directions).get(metric)
+            or next((i.get("mode") for i in infos if i.get("metric") == metric and i.get("mode")), None))
     if metric is not None and mode is None:
         mode = M.direction(metric) or "max"
     return metric, mode

@@ -171,3 +171,18 @@ def test_detect_cli_text_and_missing_path(studies, capsys):
     assert "grokking" in out and "events (" in out
     assert detect_cli.main([str(studies[1]) + "/nothing-here"]) == 2
     assert "nothing-here" in capsys.readouterr().err
+
+
+def test_direction_of_the_ranking_metric_decides_the_ranking(studies, tmp_path: Path):
+    """--direction METRIC=min for the ranking metric ranks by its minimum (study.json says max); --mode wins."""
+    def ranking(**kw):
+        data = report_cli.compute(report_cli.ReportOptions(studies=(studies[0],), out=tmp_path, **kw))
+        best = data.trial_summary[f"best_{data.metric}"]
+        return data.mode, best
+
+    mode, best_default = ranking()
+    assert mode == "max"
+    mode, best_min = ranking(directions=(("heldout_acc", "min"),))
+    assert mode == "min" and (best_min <= best_default).all() and (best_min < best_default).any()
+    assert ranking(directions=(("heldout_acc", "min"),), mode="max")[0] == "max"
+    assert ranking(directions=(("train_acc", "min"),))[0] == "max"      # another metric's direction: no effect
