@@ -58,3 +58,25 @@ def test_pair_correlations_on_the_device_equal_the_host_ones():
     assert on_device.keys() == on_host.keys()
     for key, value in on_device.items():
         assert value == pytest.approx(on_host[key], abs=1e-9, nan_ok=True), key
+
+
+@pytest.mark.parametrize("paths", [1, 2])
+def test_radius_terms_on_the_device_equal_the_host_ones(paths):
+    """The hand-written radius terms (and their gradient) on CUDA, against the same computation on the CPU."""
+    from test_tvae_radius_terms import _step, _weights, _with_constants
+    from tvae import radius_terms
+
+    raw, levels = _step(dtype=torch.float32)
+    w = _weights(zero=True)
+    out = {}
+    for device in ("cpu", "cuda"):
+        dev_levels = radius_terms.Levels(*(t.to(device) for t in (levels.targets, levels.radial_weights,
+                                                                    levels.sep_lo, levels.sep_hi)))
+        step = _with_constants({k: t.to(device) for k, t in raw.items()}, dev_levels, w)
+        path_weights = torch.tensor([0.7, 1.0][-paths:], device=device)
+        r = (torch.rand(paths, 96, generator=torch.Generator().manual_seed(1)) * 3).to(device).requires_grad_()
+        terms = radius_terms.terms(r, step, w, path_weights, dev_levels)
+        grad, = torch.autograd.grad(terms, r, torch.linspace(0.5, 1.5, 6, device=device))
+        out[device] = (terms.cpu(), grad.cpu())
+    assert torch.allclose(out["cuda"][0], out["cpu"][0], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(out["cuda"][1], out["cpu"][1], rtol=1e-4, atol=1e-6)
