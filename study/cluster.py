@@ -114,7 +114,10 @@ def stop(interrupted_start: bool = False) -> None:
     import ray
 
     if interrupted_start:
-        _kill_started_node()
+        try:
+            _kill_started_node()
+        except ImportError:   # psutil is a dependency; a stripped environment without it just shuts down
+            pass
     if interrupted_start or ray.is_initialized():
         ray.shutdown()
 
