@@ -40,17 +40,6 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def parse_directions(items: Sequence[str]) -> dict[str, str]:
-    """`["name=max", …]` (the CLIs' --direction) → {"name": "max"}; ValueError naming a bad item."""
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or value not in ("max", "min"):
-            raise ValueError(f"--direction {item!r}: expected METRIC=max or METRIC=min")
-        out[name] = value
-    return out
-
-
 def _jsonable(row: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
 
@@ -67,7 +56,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        directions = parse_directions(args.direction)
+        directions = M.parse_directions(args.direction)
         lf = scan(args.paths)
         schema = dict(lf.collect_schema())
         pairs = args.pair if args.pair else M.classifiable_pairs(schema, directions)

@@ -7,7 +7,7 @@ Pure functions only; nothing here reads files.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Sequence
 
 Direction = Literal["max", "min"]
 
@@ -133,4 +133,15 @@ def classifiable_pairs(schema: Mapping[str, object], overrides: Mapping[str, Dir
         spec = spec_for(TRAIN + m, overrides)
         if spec and None not in (spec.train_threshold, spec.heldout_threshold, spec.ungrok_threshold):
             out.append(m)
+    return out
+
+
+def parse_directions(items: Sequence[str]) -> dict[str, str]:
+    """`["name=max", …]` (the CLIs' --direction) → {"name": "max"}; ValueError naming a bad item."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or value not in ("max", "min"):
+            raise ValueError(f"--direction {item!r}: expected METRIC=max or METRIC=min")
+        out[name] = value
     return out

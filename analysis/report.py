@@ -32,7 +32,6 @@ from analysis import figures
 from analysis import metrics as M
 from analysis import trials as T
 from analysis.detect import EVENT_SCHEMA, KEYS, auto_window, collect_all_events, resolve_grokking_rule
-from analysis.detect_cli import parse_directions
 from analysis.rules import DETECTOR_VERSION, GrokkingRule, PlateauRule, TransitionRule
 from analysis.scan import ScanError, scan
 
@@ -135,14 +134,15 @@ def compute(options: ReportOptions) -> ReportData:
         if M.TRAIN + p not in schema or M.HELDOUT + p not in schema:
             raise ValueError(f"--pair {p!r}: the data has no {M.TRAIN + p}/{M.HELDOUT + p}; pairs: "
                              f"{', '.join(M.pairs(schema)) or 'none'}")
-    for p in pairs:  # fail early, before any work, on a pair without a direction
-        resolve_grokking_rule(p, GrokkingRule(), dict(options.directions) or None)
+    directions = dict(options.directions) or None
+    grule = GrokkingRule()
+    # resolved once per pair: fails early, before any work, on a pair without a direction
+    resolved = {p: resolve_grokking_rule(p, grule, directions) for p in pairs}
     metric, mode = _ranking_metric(options, infos, schema, pairs)
     n_rows = lf.select(pl.len()).collect().item()
     window = options.window or (auto_window(lf) if n_rows else 20)
     prule = PlateauRule(window=window, min_span=max(window, round(1.5 * window)))
     trule = TransitionRule(window=window)
-    grule = GrokkingRule()
     notes = []
     if n_rows == 0:
         notes.append("No epoch rows yet: the study has not written any epoch file.")
@@ -152,7 +152,6 @@ def compute(options: ReportOptions) -> ReportData:
     if metric is not None:
         best = pl.col(metric).max() if mode == "max" else pl.col(metric).min()
         per_trial += [best.alias(f"best_{metric}"), pl.col(metric).drop_nulls().last().alias(f"last_{metric}")]
-    directions = dict(options.directions) or None
     table, events, summary = collect_all_events(lf, pairs=pairs, plateau=prule, transition=trule,
                                                 grokking_rule=grule, directions=directions,
                                                 extra=[lf.group_by(KEYS).agg(per_trial)])
@@ -189,16 +188,11 @@ def compute(options: ReportOptions) -> ReportData:
     data = ReportData(options=options, names=names, dirs=dirs, study_info=infos, metric=metric, mode=mode, pairs=pairs,
                       window=window, rules={"plateau": json.loads(prule.to_json()),
                                             "transition": json.loads(trule.to_json()),
-                                            **{f"grokking[{p}]": _resolved(p, grule, directions)
-                                               for p in pairs}},
+                                            **{f"grokking[{p}]": json.loads(filled.to_json(direction=direction))
+                                               for p, (direction, filled) in resolved.items()}},
                       table=table, events=events, trial_summary=summary, selected=selected, notes=notes)
     _draw(data, lf)
     return data
-
-
-def _resolved(pair: str, rule: GrokkingRule, directions: dict[str, str] | None) -> dict[str, Any]:
-    direction, filled = resolve_grokking_rule(pair, rule, directions)
-    return json.loads(filled.to_json(direction=direction))
 
 
 def _label(study: pl.Expr, trial: pl.Expr, multi: bool) -> pl.Expr:
@@ -532,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     studies = (args.study, *args.compare)
     try:
-        directions = tuple(parse_directions(args.direction).items())
+        directions = tuple(M.parse_directions(args.direction).items())
     except ValueError as exc:
         print(f"analysis.report: error: {exc}", file=sys.stderr)
         return 2
