@@ -2,10 +2,10 @@
 written out.
 
 Hierarchy, richness and separation (z_B only), radial, rank and zero-structure (per path, summed with the path
-weights) are six functions of the radii r (P, B). Their autograd graph is ~100 small operations on a CPU, most
-of them on the step's constants (pair valuations, level counts, reference variances). `step_constants` computes
-those for every step of an epoch at once, and `_RadiusTerms` evaluates the six terms and their gradient with
-respect to r in about 50. `reference` composes the definitions in `tvae.losses` (the readable formulas; used
+weights) are six functions of the radii r (P, B). Autograd of their definitions runs ~180 small operations per
+step (forward and backward, views not counted), many of them on the step's constants (pair valuations, level
+counts, reference variances). `step_constants` computes those for every step of an epoch at once, and
+`_RadiusTerms` evaluates the six terms and their gradient with respect to r in ~95. `reference` composes the definitions in `tvae.losses` (the readable formulas; used
 under torch.compile and when a test compares the two). Both give the same numbers up to float rounding.
 """
 from __future__ import annotations
