@@ -17,12 +17,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import optuna
 import pyarrow.parquet as pq
 import pytest
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from study import recorder
+from study import optuna_store, recorder
 from study.layout import StudyLocation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,8 +117,7 @@ def _assert_complete_study(study_dir: Path, trials: int, epochs: int) -> None:
     assert {t for t, _ in pairs} == ids
     for trial_id in ids:
         assert sorted(e for t, e in pairs if t == trial_id) == list(range(epochs))
-    storage = JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
-    study = optuna.load_study(study_name=study_dir.name, storage=storage)
+    study = optuna_store.load_study(location)
     by_tune_id = {t.user_attrs.get("tune_trial_id"): t for t in study.trials}
     assert ids <= set(by_tune_id), "Optuna's storage must hold every trial"
     assert all(by_tune_id[i].state.name == "COMPLETE" for i in ids)
@@ -240,8 +237,7 @@ def test_interrupted_study_resumes_to_exactly_the_requested_trials(tmp_path, sig
         # Tune never knew it; its rows are removed and its Optuna trial failed, and a new trial replaced it
         assert sig == signal.SIGKILL
         assert not (study_dir / "epochs" / f"trial_id={continuing}").exists()
-        storage = JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
-        lost = [t for t in optuna.load_study(study_name="k", storage=storage).trials
+        lost = [t for t in optuna_store.load_study(StudyLocation.open(str(tmp_path), "k")).trials
                 if t.user_attrs.get("tune_trial_id") == continuing]
         assert len(lost) == 1 and lost[0].state.name == "FAIL" and "orphan_reason" in lost[0].user_attrs
         return
