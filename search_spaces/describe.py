@@ -21,31 +21,30 @@ def _distribution_text(dist: optuna.distributions.BaseDistribution) -> str:
     return f"{kind}{scale} [{dist.low}, {dist.high}]{step}"
 
 
-def parameters(space: SearchSpace, samples: int = 64) -> dict[str, str]:
-    """Parameter name → distribution text, in first-seen order."""
+def _sampled(space: SearchSpace, samples: int):
+    """(trial, overrides) of ``samples`` random trials of the space, in an in-memory study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen: dict[str, str] = {}
     for _ in range(samples):
         trial = study.ask()
-        space.define(trial)
+        overrides = space.define(trial)
+        yield trial, overrides
+        study.tell(trial, 0.0)
+
+
+def parameters(space: SearchSpace, samples: int = 64) -> dict[str, str]:
+    """Parameter name → distribution text, in first-seen order."""
+    seen: dict[str, str] = {}
+    for trial, _ in _sampled(space, samples):
         for name, dist in trial.distributions.items():
             seen.setdefault(name, _distribution_text(dist))
-        study.tell(trial, 0.0)
     return seen
 
 
 def searched_keys(space: SearchSpace, samples: int = 64) -> set[str]:
     """The config keys the space's trials set, over ``samples`` random trials (a conditional key appears
     only in the trials whose branch draws it)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    keys: set[str] = set()
-    for _ in range(samples):
-        trial = study.ask()
-        keys.update(space.define(trial))
-        study.tell(trial, 0.0)
-    return keys
+    return {key for _, overrides in _sampled(space, samples) for key in overrides}
 
 
 def describe(space: SearchSpace) -> dict[str, Any]:

@@ -118,8 +118,7 @@ def stop(interrupted_start: bool = False) -> None:
             _kill_started_node()
         except ImportError:   # psutil is a dependency; a stripped environment without it just shuts down
             pass
-    if interrupted_start or ray.is_initialized():
-        ray.shutdown()
+    ray.shutdown()   # a no-op when this process never connected
 
 
 # command-line marks of the processes a local Ray node consists of

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tvae import losses
+
 # the order of the output vector; it is the order of these terms in the trainer's TERMS
 NAMES = ("hierarchy", "richness", "separation", "radial", "rank", "zero")
 
@@ -96,8 +98,6 @@ def terms(r: torch.Tensor, step: dict[str, torch.Tensor], w: Weights, path_weigh
 def reference(r: torch.Tensor, step: dict[str, torch.Tensor], w: Weights, path_weights: torch.Tensor,
               levels: Levels) -> torch.Tensor:
     """`terms` from the loss definitions in `tvae.losses` (plain autograd)."""
-    from tvae import losses
-
     h, richness, separation = losses.rich_hierarchy(
         r[-1], step["r_orig"], step["onehot"], step["counts"], levels.targets, step["present"], step["var_levels"],
         levels.sep_lo, levels.sep_hi, w.min_richness_ratio, w.separation_margin)

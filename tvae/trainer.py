@@ -137,7 +137,7 @@ class TernaryRun:
         # weights of the paths whose radius terms count: z_A's (upstream: 1) and z_B's, or z_B's alone
         a = cfg.loss.a_path_weight
         self.path_weights = torch.tensor([a, 1.0] if a != 0.0 else [1.0], device=dev)
-        self._weights_by_phase: dict[str, radius_terms.Weights] = {}
+        self.radius_weights = {phase: self._make_radius_weights(phase) for phase in ("structure", "geometry")}
         self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1, dev)}
         if len(self.split.heldout):
             self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev)
@@ -409,9 +409,8 @@ class TernaryRun:
         pi, pj = step["pi"], step["pj"]
         if len(idx) != bsz:                                          # the last, shorter batch
             pi, pj = pi % len(idx), pj % len(idx)
-        delta = (rad.outer_radius - rad.inner_radius) / 9
         radial = step["pull"] * losses.radial(radius(z_A, c), v, self.targets, self.radial_weights,
-                                              pi, pj, delta, rad.margin_weight)
+                                              pi, pj, self.radius_weights["structure"].delta, rad.margin_weight)
         zero = torch.zeros((), device=self.device)
         return recon + kl + radial, torch.stack([recon, kl, zero, zero, zero, radial, zero, zero, zero])
 
@@ -437,7 +436,7 @@ class TernaryRun:
         inp["rank_i"], inp["rank_j"] = self._pairs(S, B, min(L.rank.n_pairs, B * (B - 1)))
         inp.update(radius_terms.step_constants(v_b, onehot, counts, inp["present"], inp["var_levels"],
                                                inp["r_orig"], inp["rad_i"], inp["rad_j"], inp["rank_i"],
-                                               inp["rank_j"], self.levels, self._radius_weights(phase)))
+                                               inp["rank_j"], self.levels, self.radius_weights[phase]))
         if phase == "geometry":
             geo_i, geo_j = self._pairs(S, B, min(L.geodesic.n_pairs, B * (B - 1) // 2))
             pv = self.pair_valuation[(torch.gather(batches, 1, geo_i) - torch.gather(batches, 1, geo_j)).abs()]
@@ -452,11 +451,6 @@ class TernaryRun:
     def _structure_steps(self, inp: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
         steps = ({name: value[s] for name, value in inp.items()} for s in range(len(inp["x"])))
         return self._train_steps(steps, lambda step: self._structure_loss(step, phase))
-
-    def _radius_weights(self, phase: str) -> radius_terms.Weights:
-        if phase not in self._weights_by_phase:
-            self._weights_by_phase[phase] = self._make_radius_weights(phase)
-        return self._weights_by_phase[phase]
 
     def _make_radius_weights(self, phase: str) -> radius_terms.Weights:
         L = self.cfg.loss
@@ -485,7 +479,7 @@ class TernaryRun:
         zero = torch.zeros(1, device=self.device)
         recon = L.rich.coverage_weight * losses.reconstruction(model.decoder(log0(z_A, c)), step["cls"])
         # hierarchy, richness, separation, radial, rank, zero-structure: one vector (tvae/radius_terms.py)
-        by_radius = radius_terms.terms(r, step, self._radius_weights(phase), self.path_weights, self.levels)
+        by_radius = radius_terms.terms(r, step, self.radius_weights[phase], self.path_weights, self.levels)
         if phase == "geometry":
             geo = L.geodesic.weight * (self.path_weights @ losses.geodesic(z, step["geo_t"], step["geo_i"],
                                                                             step["geo_j"], c)).reshape(1)
@@ -496,9 +490,7 @@ class TernaryRun:
 
     # ------------------------------------------------------------------ evaluation
     def _embed_all(self, phase: str, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """mu_B, z_B, r_A, r_B and decoder-correctness of every operation (eval mode, no dropout, mu).
-        (Running it in blocks of rows that fit the CPU's cache was measured: 43 -> 38 ms alone, no gain
-        inside the whole evaluation.)"""
+        """mu_B, z_B, r_A, r_B and decoder-correctness of every operation (eval mode, no dropout, mu)."""
         model = self.model
         frozen = self.homeostasis.frozen
         if phase == "coverage":
