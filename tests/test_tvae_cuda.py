@@ -49,15 +49,26 @@ def test_a_gpu_checkpoint_resumes_on_gpu_and_on_cpu(tmp_path):
         assert all(math.isfinite(r["loss"]) for r in rows)
 
 
-def test_pair_correlations_on_the_device_equal_the_host_ones():
-    run, _ = _train(True, epochs=3)
-    on_device = run._evaluate("structure")
-    for ev in run.evals.values():
-        ev.on_device = False
-    on_host = run._evaluate("structure")
-    assert on_device.keys() == on_host.keys()
-    for key, value in on_device.items():
-        assert value == pytest.approx(on_host[key], abs=1e-9, nan_ok=True), key
+@pytest.mark.parametrize("graphs", [True, False])
+def test_metrics_on_the_device_equal_the_host_ones(graphs):
+    """The evaluation on the GPU (every metric in torch; with graphs, replayed as a CUDA graph) against the numpy
+    metrics of the same embeddings; both splits, a frozen encoder's cached outputs included."""
+    run = trainer.make_run(PHASES | {"data.train_fraction": 0.8}, epochs=5, seed=0, device="cuda",
+                           cuda_graphs=graphs)
+    for _ in range(5):
+        row = run.train_epoch()                 # evaluates on the device (the second structure epoch: a replay)
+        run.metrics_on_device = False
+        on_host = run._evaluate(row["phase"])
+        run.metrics_on_device = True
+        on_device = run._evaluate(row["phase"])          # again (a replay where graphs are on)
+        assert on_device == pytest.approx({k: row[k] for k in on_device}, rel=1e-12, nan_ok=True)
+        assert on_device.keys() == on_host.keys() and "heldout_Q" in on_device
+        for key, value in on_device.items():
+            assert value == pytest.approx(on_host[key], rel=1e-6, abs=1e-9, nan_ok=True), key
+        for split in run.evals:             # a fraction of counts: exact (1.0 when every operation decodes)
+            assert on_device[f"{split}_coverage"] == on_host[f"{split}_coverage"]
+    if graphs:
+        assert any(key[0] == "evaluation" for key in run.graphs._graphs)
 
 
 @pytest.mark.parametrize("paths", [1, 2])
@@ -80,3 +91,20 @@ def test_radius_terms_on_the_device_equal_the_host_ones(paths):
         out[device] = (terms.cpu(), grad.cpu())
     assert torch.allclose(out["cuda"][0], out["cpu"][0], rtol=1e-5, atol=1e-6)
     assert torch.allclose(out["cuda"][1], out["cpu"][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_two_streams_train_like_one(graphs):
+    """The A and B paths of a step on two streams (the default) against both on one: the same random draws in
+    the same order, the same kernels; only GPU atomics may reorder sums."""
+    rows = {}
+    for streams in (2, 1):
+        run = trainer.make_run(PHASES, epochs=5, seed=0, device="cuda", cuda_graphs=graphs)
+        assert run.side_stream is not None
+        if streams == 1:
+            run.side_stream = None
+        rows[streams] = [run.train_epoch() for _ in range(5)]
+    for two, one in zip(rows[2], rows[1]):
+        assert two["phase"] == one["phase"]
+        for key in ("loss", "grad_norm", "weight_norm", "train_hierarchy_B", "train_coverage", "train_dist_corr"):
+            assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-4), (two["epoch"], key)

@@ -123,3 +123,53 @@ def test_compiled_steps_train_like_eager_steps():
         assert e["phase"] == c["phase"]
         assert math.isfinite(c["loss"])
         assert c["loss"] == pytest.approx(e["loss"], rel=0.05)
+
+
+def test_gradients_handed_over_train_like_gradients_added_in_place():
+    """The GPU's gradient hand-over (fresh gradients, one foreach copy into the flat buffer) run on the CPU gives
+    bitwise the same training as the CPU's in-place accumulation."""
+    phases = TINY | {"phases.structure_start": 1, "phases.geometry_start": 2}
+    added = make_run("ternary_vae", phases, epochs=3, seed=0)
+    handed = trainer.make_run(phases, epochs=3, seed=0)
+    handed._hand_over_grads = True
+    for p, _ in handed._grad_slots:
+        p.grad = None
+    for _ in range(3):
+        assert _metrics(handed.train_epoch()) == _metrics(added.train_epoch())
+
+
+@pytest.mark.parametrize("phase", ["coverage", "structure"])
+def test_metrics_in_torch_equal_the_numpy_ones(phase):
+    """The GPU's evaluation path (every metric in torch, `_evaluate_on_device`) run on the CPU, against the
+    numpy definitions on the same weights; both splits."""
+    import torch
+
+    from tvae import config as config_mod
+
+    epochs = 1 if phase == "coverage" else 3
+    cfg = config_mod.build("tiny", overrides={"data.train_fraction": 0.8, "phases.structure_start": 1}, epochs=3,
+                           seed=0)
+    run = trainer.TernaryRun(cfg, device_metrics=True)
+    for _ in range(epochs):
+        run.train_epoch()
+    run.model.eval()
+    with torch.inference_mode():
+        on_device, on_host = run._evaluate_on_device(phase), run._evaluate_on_host(phase)
+    assert on_device.keys() == on_host.keys() and "heldout_hierarchy_B" in on_device
+    for key, value in on_device.items():
+        assert math.isfinite(value) or key == "heldout_r_v9", key      # v = 9: one operation, in the train split
+        # r_v0 / r_v9: float64 sums on the device, float32 means in numpy
+        assert value == pytest.approx(on_host[key], rel=1e-6 if key.endswith(("r_v0", "r_v9")) else 1e-10,
+                                      abs=1e-12, nan_ok=True), key
+    for split in run.evals:
+        assert on_device[f"{split}_coverage"] == on_host[f"{split}_coverage"]
+
+
+@pytest.mark.parametrize("shape", [(39, 10), (39,), (39, 512), (39, 3, 5)])
+def test_aligned_steps_keep_values_and_align_every_step(shape):
+    import torch
+
+    t = torch.arange(math.prod(shape), dtype=torch.int64 if len(shape) == 3 else torch.float32).view(shape)
+    aligned = trainer.aligned_steps(t)
+    assert torch.equal(aligned, t)
+    assert all(aligned[s].data_ptr() % 16 == 0 for s in range(shape[0]))

@@ -1,6 +1,7 @@
 """``python -m tvae.bench``: time training and evaluation per epoch of the TernaryVAE trainer.
 
     python -m tvae.bench [--device cpu|cuda] [--threads N] [--epochs N] [--preset v5_12_4] [--set KEY=VALUE ...]
+                         [--no-cuda-graphs] [--single-stream] [--compile]
 
 One coverage epoch runs first (not timed, it also warms up); then ``--epochs`` epochs are timed, the first half
 in the structure phase and the rest in the geometry phase (the phases that dominate a run). Prints a table of
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="GPU: run the steps eagerly instead of replaying one CUDA graph per epoch")
+    p.add_argument("--single-stream", action="store_true",
+                   help="GPU: run the A and B paths of a step on one stream (default: two, see TernaryRun)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each step's loss (compiles once per phase: the 'max' column shows it)")
     args = p.parse_args(argv)
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.update({"phases.structure_start": 1, "phases.geometry_start": 1 + args.epochs // 2})
         cfg = config_mod.build(args.preset, overrides=overrides, epochs=1 + args.epochs, seed=0)
         run = trainer.run_from_config(cfg, args.device, cuda_graphs=args.cuda_graphs, compile=args.compile)
+        if args.single_stream:
+            run.side_stream = None
     except (config_mod.ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     graphs = run.graphs is not None
     print(f"tvae.bench  preset={args.preset} device={args.device} threads={args.threads} "
           f"timed epochs={args.epochs} load={os.getloadavg()[0]:.2f}"
-          + (f" cuda_graphs={graphs}" if args.device == "cuda" else "") + (" compile=True" if args.compile else ""))
+          + (f" cuda_graphs={graphs} streams={1 if run.side_stream is None else 2}" if args.device == "cuda" else "") + (" compile=True" if args.compile else ""))
     if graphs:
         print("the first epoch of each phase runs eagerly and captures the graph (its time: the 'max' column)")
     print("wall-clock medians (s); cpu = process CPU time, a check when the machine is loaded")

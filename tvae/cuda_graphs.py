@@ -38,7 +38,7 @@ class EpochGraphs:
             self.stream.wait_stream(current)
             with torch.cuda.stream(self.stream):
                 out = fn(inputs)                           # the real epoch, eager
-                static_in = {k: v.clone() for k, v in inputs.items()}
+                static_in = {k: _same_strides(v) for k, v in inputs.items()}
             current.wait_stream(self.stream)
             self.stream.synchronize()
             graph = torch.cuda.CUDAGraph()
@@ -52,3 +52,8 @@ class EpochGraphs:
             static_in[name].copy_(value)
         graph.replay()
         return static_out
+
+
+def _same_strides(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` with its strides (a padded layout stays padded: `trainer.aligned_steps`)."""
+    return torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=t.device).copy_(t)

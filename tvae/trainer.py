@@ -75,7 +75,8 @@ def phase_of(cfg: Config, epoch: int) -> str:
 class _SplitEval:
     """Fixed, seeded metric samples of one split (positions are into the split's sorted index array)."""
 
-    def __init__(self, ops: torch.Tensor, v_all: np.ndarray, cfg: Config, salt: int, device: torch.device):
+    def __init__(self, ops: torch.Tensor, v_all: np.ndarray, cfg: Config, salt: int, device: torch.device,
+                 device_metrics: bool):
         self.ops = ops.numpy()
         self.v = v_all[self.ops]
         rng = np.random.default_rng([cfg.eval.seed, salt])
@@ -91,23 +92,64 @@ class _SplitEval:
             self.padic_codes = metrics.padic_codes(pair_v)
         else:
             self.pi = self.pj = None
-        # GPU: the pair correlations run on the device (tvae/metrics_torch.py); their inputs live there
-        self.on_device = device.type == "cuda"
-        if self.on_device and self.dist is not None:
-            as_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-            self.dist_ops = as_dev(self.ops[self.dist.positions])
-            self.dist_iu, self.dist_ju = as_dev(self.dist.iu.astype(np.int64)), as_dev(self.dist.ju.astype(np.int64))
-            self.dist_codes = as_dev(self.dist.dv.astype(np.int64))
-        if self.on_device and self.pi is not None:
-            self.padic_codes_dev = torch.from_numpy(self.padic_codes).to(device)
         if self.pi is not None:       # pair indices on the evaluation's device, copied there once
             self.pi_t, self.pj_t = torch.from_numpy(self.pi).to(device), torch.from_numpy(self.pj).to(device)
+        # GPU: every metric is computed on the device (tvae/metrics_torch.py); its inputs live there
+        if device_metrics:
+            as_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+            self.ops_t, self.v_t = as_dev(self.ops), as_dev(self.v.astype(np.int64))
+            if self.dist is not None:
+                self.dist_ops = as_dev(self.ops[self.dist.positions])
+                self.dist_iu, self.dist_ju = as_dev(self.dist.iu.astype(np.int64)), as_dev(self.dist.ju.astype(np.int64))
+                self.dist_codes = as_dev(self.dist.dv.astype(np.int64))
+            if self.pi is not None:
+                self.padic_codes_dev = as_dev(self.padic_codes)
+
+    def device_metrics(self, r_A: torch.Tensor, r_B: torch.Tensor, correct: torch.Tensor, z_B: torch.Tensor,
+                       c: torch.Tensor) -> torch.Tensor:
+        """This split's SPLIT_METRICS but Q, as one float64 tensor (in that order), without a host sync; coverage
+        as the count of decoded operations (CUDA divides by a scalar as a product with its reciprocal, which
+        made 19683 / 19683 = 0.9999999999999999)."""
+        nan = torch.full((), float("nan"), dtype=torch.float64, device=r_B.device)
+        ra, rb = r_A[self.ops_t], r_B[self.ops_t]
+        moments_A, moments_B = metrics_torch.level_moments(ra, self.v_t), metrics_torch.level_moments(rb, self.v_t)
+        dist = padic = nan
+        if self.dist is not None:
+            r_s = r_B[self.dist_ops]
+            dist = metrics_torch.spearman_discrete((r_s[self.dist_iu] - r_s[self.dist_ju]).abs(), self.dist_codes, 10)
+        if self.pi is not None:
+            padic = metrics_torch.spearman_discrete(distance(z_B[self.pi_t], z_B[self.pj_t], c),
+                                                    self.padic_codes_dev, 10)
+        return torch.stack([
+            correct[self.ops_t].sum().to(torch.float64),      # a count: divided on the host (see below)
+            metrics_torch.spearman_discrete(ra, self.v_t, 10), metrics_torch.spearman_discrete(rb, self.v_t, 10),
+            metrics_torch.richness(moments_A), metrics_torch.richness(moments_B),
+            dist, padic, metrics_torch.level_mean(moments_B, 0), metrics_torch.level_mean(moments_B, 9)])
+
+
+def aligned_steps(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (steps, ...) with each step's slice starting on a 16-byte boundary: the same values, rows padded.
+
+    For ``--compile`` on a GPU: inductor assumes every input keeps the alignment it had when compiling (the
+    first step's slice, at offset 0) and copies, at every call, an input that lacks it (a slice of a (steps, 10)
+    tensor at an odd step, say)."""
+    steps = t.shape[0]
+    n = t.numel() // max(steps, 1)
+    unit = 16 // t.element_size()
+    if steps == 0 or n % unit == 0 or not t.is_contiguous():
+        return t
+    padded = t.new_empty((steps, -(-n // unit) * unit))
+    padded[:, :n] = t.reshape(steps, n)
+    return padded[:, :n].view(t.shape)
 
 
 class TernaryRun:
     """One training run. ``epoch`` = epochs completed; ``train_epoch()`` trains the next one."""
 
-    def __init__(self, cfg: Config, device: str = "cpu", cuda_graphs: bool = True, compile: bool = False):
+    def __init__(self, cfg: Config, device: str = "cpu", cuda_graphs: bool = True, compile: bool = False,
+                 device_metrics: bool | None = None):
+        """``device_metrics``: compute the evaluation's metrics in torch on the device (default: on a GPU only;
+        on the CPU the numpy definitions are faster)."""
         self.cfg = cfg
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -138,9 +180,10 @@ class TernaryRun:
         a = cfg.loss.a_path_weight
         self.path_weights = torch.tensor([a, 1.0] if a != 0.0 else [1.0], device=dev)
         self.radius_weights = {phase: self._make_radius_weights(phase) for phase in ("structure", "geometry")}
-        self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1, dev)}
+        self.metrics_on_device = dev.type == "cuda" if device_metrics is None else device_metrics
+        self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1, dev, self.metrics_on_device)}
         if len(self.split.heldout):
-            self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev)
+            self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev, self.metrics_on_device)
 
         # --- model, optimiser, homeostasis (seeded by the trial seed)
         torch.manual_seed(cfg.seed)
@@ -173,15 +216,19 @@ class TernaryRun:
         # combination compiles once (10-18 s on the GPU machine, 6-19 s on one CPU core). Measured: GPU (H200,
         # with CUDA graphs) 0.043 instead of 0.069 s/epoch; CPU no gain (0.312 vs 0.308 s/epoch).
         self.compiled = compile
+        # GPU, not compiled: the structure steps' A and B paths run on two streams (`_on_two_streams`)
+        self.side_stream = torch.cuda.Stream(dev) if dev.type == "cuda" and not compile else None
         if compile:
             self._coverage_loss = torch.compile(self._coverage_loss, dynamic=False)
             self._structure_loss = torch.compile(self._structure_loss, dynamic=False)
 
     def _flatten(self, module_params: dict[str, list[torch.nn.Parameter]]) -> None:
-        """All parameters become views into one flat buffer, their gradients views into one flat gradient
-        buffer (autograd accumulates into them in place). The optimiser sees one flat tensor per module (a
-        view of that module's contiguous segment), so clipping is two ops on the whole gradient buffer
-        (frozen modules' gradients stay 0) and Adam updates a few large tensors instead of many small ones."""
+        """All parameters become views into one flat buffer, with a matching flat gradient buffer. The optimiser
+        sees one flat tensor per module (a view of that module's contiguous segment), so clipping is two ops on
+        the whole gradient buffer (frozen modules' segments stay 0) and Adam updates a few large tensors instead
+        of many small ones. On the CPU the parameters' gradients are views into that buffer (autograd adds into
+        them in place); on a GPU autograd hands fresh gradients over and one foreach copy moves them in (`_step`:
+        one kernel instead of an add per parameter; on the CPU fresh gradient tensors cost more than the adds)."""
         all_params = [p for ps in module_params.values() for p in ps]
         n = sum(p.numel() for p in all_params)
         ref = all_params[0]
@@ -189,6 +236,8 @@ class TernaryRun:
         self._flat_grad = torch.zeros(n, dtype=ref.dtype, device=ref.device)
         self._flat_params: dict[str, torch.Tensor] = {}
         self._flat_grads: dict[str, torch.Tensor] = {}
+        self._grad_slots: list[tuple[torch.nn.Parameter, torch.Tensor]] = []   # (parameter, its flat gradient view)
+        self._hand_over_grads = ref.device.type == "cuda"
         off = 0
         for name, ps in module_params.items():
             start = off
@@ -196,7 +245,10 @@ class TernaryRun:
                 k = p.numel()
                 self._flat[off:off + k].copy_(p.detach().reshape(-1))
                 p.data = self._flat[off:off + k].view_as(p)
-                p.grad = self._flat_grad[off:off + k].view_as(p)
+                slot = self._flat_grad[off:off + k].view_as(p)
+                self._grad_slots.append((p, slot))
+                if not self._hand_over_grads:
+                    p.grad = slot
                 off += k
             self._flat_params[name] = self._flat[start:off]
             self._flat_grads[name] = self._flat_grad[start:off]
@@ -349,8 +401,16 @@ class TernaryRun:
 
     def _step(self, loss: torch.Tensor) -> torch.Tensor:
         g = self._flat_grad
-        g.zero_()
-        loss.backward()
+        if self._hand_over_grads:          # GPU (see _flatten)
+            for p, _ in self._grad_slots:
+                p.grad = None
+            loss.backward()
+            got = [(p.grad, slot) for p, slot in self._grad_slots if p.grad is not None]
+            g.zero_()                      # frozen modules' segments stay 0; the others are overwritten
+            torch._foreach_copy_([slot for _, slot in got], [grad for grad, _ in got])
+        else:                              # CPU: autograd adds into the flat buffer's views
+            g.zero_()
+            loss.backward()
         # global-norm clipping (torch.nn.utils.clip_grad_norm_'s formula) on the flat gradient buffer: the
         # frozen modules' segments are 0, so the norm is the norm over the trainable parameters
         norm = torch.linalg.vector_norm(g)
@@ -376,6 +436,8 @@ class TernaryRun:
         pi, pj = self._pairs(n_steps, bsz, min(rad.n_pairs, bsz * (bsz - 1) // 2))
         e1 = cfg.phases.structure_start
         pull = cov.radial_weight * min(1.0, self.epoch / max(1, e1 // 2))   # ramp: 0 -> full at e1/2
+        if self.compiled:
+            pi, pj = aligned_steps(pi), aligned_steps(pj)
         return {"perm": perm, "pi": pi, "pj": pj, "pull": torch.tensor(pull, device=dev)}
 
     def _train_steps(self, steps: Iterable[dict[str, torch.Tensor]], loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -446,6 +508,8 @@ class TernaryRun:
             if self.homeostasis.frozen[name]:
                 mu, lv = self._frozen_outputs(name)
                 inp[f"mu_{name[-1]}"], inp[f"lv_{name[-1]}"] = take(mu), take(lv)
+        if self.compiled:
+            inp = {name: aligned_steps(value) for name, value in inp.items()}
         return inp
 
     def _structure_steps(self, inp: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -465,19 +529,17 @@ class TernaryRun:
 
     def _structure_loss(self, step: dict[str, torch.Tensor], phase: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One structure/geometry step's loss and its terms (in TERMS order) from the step's inputs."""
-        cfg, model = self.cfg, self.model
-        L = cfg.loss
-        x = step["x"]
-        mu_A, lv_A = (step["mu_A"], step["lv_A"]) if "mu_A" in step else model.encoder_A(x)
-        mu_B, lv_B = (step["mu_B"], step["lv_B"]) if "mu_B" in step else model.encoder_B(x)
-        z_A = model.proj_A(sample(mu_A, lv_A))
-        z_B = model.proj_B(sample(mu_B, lv_B))
-        c = model.curvature()
+        L = self.cfg.loss
+        c = self.model.curvature()
+        if self.side_stream is None:
+            z_A, recon = self._path_A(step, c)
+            z_B = self._path_B(step)
+        else:
+            (z_A, recon), z_B = self._on_two_streams(c, lambda: self._path_A(step, c), lambda: self._path_B(step))
         # the paths whose radius terms count, stacked: z_A and z_B (loss.a_path_weight != 0, upstream), or z_B
         z = torch.stack([z_A, z_B]) if len(self.path_weights) == 2 else z_B.unsqueeze(0)     # (P, B, d)
         r = radius(z, c)                                                                    # (P, B)
         zero = torch.zeros(1, device=self.device)
-        recon = L.rich.coverage_weight * losses.reconstruction(model.decoder(log0(z_A, c)), step["cls"])
         # hierarchy, richness, separation, radial, rank, zero-structure: one vector (tvae/radius_terms.py)
         by_radius = radius_terms.terms(r, step, self.radius_weights[phase], self.path_weights, self.levels)
         if phase == "geometry":
@@ -488,70 +550,123 @@ class TernaryRun:
         terms = torch.cat([recon.reshape(1), zero, by_radius, geo])
         return terms.sum(), terms
 
-    # ------------------------------------------------------------------ evaluation
-    def _embed_all(self, phase: str, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """mu_B, z_B, r_A, r_B and decoder-correctness of every operation (eval mode, no dropout, mu)."""
+    def _path_A(self, step: dict[str, torch.Tensor], c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_A of the step (encoder A, or its cached outputs when frozen) and the reconstruction loss through it."""
         model = self.model
-        frozen = self.homeostasis.frozen
+        mu, lv = (step["mu_A"], step["lv_A"]) if "mu_A" in step else model.encoder_A(step["x"])
+        z_A = model.proj_A(sample(mu, lv))
+        recon = self.cfg.loss.rich.coverage_weight * losses.reconstruction(model.decoder(log0(z_A, c)), step["cls"])
+        return z_A, recon
+
+    def _path_B(self, step: dict[str, torch.Tensor]) -> torch.Tensor:
+        model = self.model
+        mu, lv = (step["mu_B"], step["lv_B"]) if "mu_B" in step else model.encoder_B(step["x"])
+        return model.proj_B(sample(mu, lv))
+
+    def _on_two_streams(self, c: torch.Tensor, first, second):
+        """GPU: ``first()`` on the side stream while ``second()`` runs on the current one. The two paths are
+        independent chains of small kernels that each occupy a few of the GPU's multiprocessors; autograd runs
+        each backward op on its forward op's stream, so the backward passes overlap too. Random numbers are
+        drawn in the same order as without the side stream (first's, then second's)."""
+        main = torch.cuda.current_stream(self.device)
+        side = self.side_stream
+        side.wait_stream(main)
+        c.record_stream(side)                   # made on main, read on side: not reused before side is done
+        with torch.cuda.stream(side):
+            a = first()
+        b = second()
+        main.wait_stream(side)
+        for t in a:
+            t.record_stream(main)               # made on side, read and freed on main
+        return a, b
+
+    # ------------------------------------------------------------------ evaluation
+    def _embed_all(self, phase: str, c: torch.Tensor, frozen_mu: Mapping[str, torch.Tensor]
+                   ) -> tuple[torch.Tensor, ...]:
+        """mu_B, z_B, r_A, r_B and decoder-correctness of every operation (eval mode, no dropout, mu).
+        ``frozen_mu``: the mu of every operation for each frozen encoder (``"A"``, ``"B"``)."""
+        model = self.model
         if phase == "coverage":
             mu_A = mu_B = model.encoder_A(self.trits)[0]                # B is tied to A until e1
         else:
-            mu_A = self._frozen_outputs("encoder_A")[0] if frozen["encoder_A"] else model.encoder_A(self.trits)[0]
-            mu_B = self._frozen_outputs("encoder_B")[0] if frozen["encoder_B"] else model.encoder_B(self.trits)[0]
+            mu_A = frozen_mu["A"] if "A" in frozen_mu else model.encoder_A(self.trits)[0]
+            mu_B = frozen_mu["B"] if "B" in frozen_mu else model.encoder_B(self.trits)[0]
         z_A = model.proj_A(mu_A)
         z_B = z_A if phase == "coverage" else model.proj_B(mu_B)
         correct = (model.decoder(log0(z_A, c)).argmax(-1) == self.classes).all(-1)
         return mu_B, z_B, radius(z_A, c), radius(z_B, c), correct
 
+    def _frozen_mu(self, phase: str) -> dict[str, torch.Tensor]:
+        if phase == "coverage":
+            return {}
+        return {name[-1]: self._frozen_outputs(name)[0] for name in ("encoder_A", "encoder_B")
+                if self.homeostasis.frozen[name]}
+
     def _evaluate(self, phase: str) -> dict[str, float]:
-        model = self.model
-        model.eval()
+        self.model.eval()
         with torch.inference_mode():
-            c = model.curvature()
-            mu_B, z_B, r_A, r_B, correct = self._embed_all(phase, c)
-            pair_d, on_device = {}, {}
-            for split, ev in self.evals.items():
-                if ev.pi is not None:
-                    pair_d[split] = distance(z_B[ev.pi_t], z_B[ev.pj_t], c)
-                if ev.on_device:
-                    nan = torch.full((), float("nan"), dtype=torch.float64, device=self.device)
-                    dist = padic = nan
-                    if ev.dist is not None:
-                        r_s = r_B[ev.dist_ops]
-                        dist = metrics_torch.spearman_discrete((r_s[ev.dist_iu] - r_s[ev.dist_ju]).abs(),
-                                                               ev.dist_codes, 10)
-                    if split in pair_d:
-                        padic = metrics_torch.spearman_discrete(pair_d[split], ev.padic_codes_dev, 10)
-                    on_device[split] = torch.stack([dist, padic])
+            if self.metrics_on_device:
+                return self._evaluate_on_device(phase)
+            return self._evaluate_on_host(phase)
+
+    def _evaluate_on_device(self, phase: str) -> dict[str, float]:
+        """GPU: every metric on the device, read back in one transfer; with graphs, the whole evaluation replays
+        as one CUDA graph per (phase, frozen encoders), like the training steps."""
+        def metrics_fn(frozen_mu: dict[str, torch.Tensor]) -> tuple[torch.Tensor]:
+            c = self.model.curvature()
+            mu_B, z_B, r_A, r_B, correct = self._embed_all(phase, c, frozen_mu)
             train_mu_B = mu_B[self.train_ops]
-            gram = train_mu_B.T @ train_mu_B
-        on_device = {split: t.tolist() for split, t in on_device.items()}
+            gram = (train_mu_B.T @ train_mu_B).to(torch.float64).reshape(-1)
+            return (torch.cat([ev.device_metrics(r_A, r_B, correct, z_B, c) for ev in self.evals.values()] + [gram]),)
+
+        frozen_mu = self._frozen_mu(phase)
+        if self.graphs is None:
+            packed, = metrics_fn(frozen_mu)
+        else:
+            key = ("evaluation", phase, tuple(sorted(frozen_mu)))
+            packed, = self.graphs.run(key, metrics_fn, frozen_mu)
+        values = packed.cpu().numpy()
+        out: dict[str, float] = {}
+        per_split = len(SPLIT_METRICS) - 1
+        for k, split in enumerate(self.evals):
+            m = dict(zip([name for name in SPLIT_METRICS if name != "Q"],
+                         values[k * per_split:(k + 1) * per_split].tolist()))
+            m["coverage"] /= len(self.evals[split].ops)
+            m["Q"] = metrics.q_value(m["dist_corr"], m["hierarchy_B"])
+            out.update({f"{split}_{name}": m[name] for name in SPLIT_METRICS})
+        d = self.cfg.model.latent_dim
+        out["erank_B"] = metrics.effective_rank_from_gram(values[len(self.evals) * per_split:].reshape(d, d))
+        return out
+
+    def _evaluate_on_host(self, phase: str) -> dict[str, float]:
+        """CPU: the embeddings in torch, the metrics in numpy (`tvae.metrics`)."""
+        c = self.model.curvature()
+        mu_B, z_B, r_A, r_B, correct = self._embed_all(phase, c, self._frozen_mu(phase))
+        pair_d = {split: distance(z_B[ev.pi_t], z_B[ev.pj_t], c).cpu().numpy()
+                  for split, ev in self.evals.items() if ev.pi is not None}
+        train_mu_B = mu_B[self.train_ops]
+        gram = (train_mu_B.T @ train_mu_B).cpu().numpy()
         r_A, r_B = r_A.cpu().numpy(), r_B.cpu().numpy()
         correct = correct.cpu().numpy()
         out: dict[str, float] = {}
         for split, ev in self.evals.items():
             ops, v = ev.ops, ev.v
             ra, rb = r_A[ops], r_B[ops]
-            if split in on_device:
-                dist_corr, padic_dist_corr = on_device[split]
-            else:
-                dist_corr = ev.dist(rb) if ev.dist is not None else float("nan")
-                padic_dist_corr = (metrics.padic_dist_corr(pair_d[split].cpu().numpy(), ev.padic_codes)
-                                   if split in pair_d else float("nan"))
             m = {
                 "coverage": float(correct[ops].mean()),
                 "hierarchy_A": metrics.hierarchy(ra, v),
                 "hierarchy_B": metrics.hierarchy(rb, v),
                 "richness_A": metrics.richness(ra, v),
                 "richness_B": metrics.richness(rb, v),
-                "dist_corr": dist_corr,
-                "padic_dist_corr": padic_dist_corr,
+                "dist_corr": ev.dist(rb) if ev.dist is not None else float("nan"),
+                "padic_dist_corr": (metrics.padic_dist_corr(pair_d[split], ev.padic_codes)
+                                    if split in pair_d else float("nan")),
                 "r_v0": metrics.level_mean(rb, v, 0),
                 "r_v9": metrics.level_mean(rb, v, 9),
             }
             m["Q"] = metrics.q_value(m["dist_corr"], m["hierarchy_B"])
             out.update({f"{split}_{k}": m[k] for k in SPLIT_METRICS})
-        out["erank_B"] = metrics.effective_rank_from_gram(gram.cpu().numpy())
+        out["erank_B"] = metrics.effective_rank_from_gram(gram)
         return out
 
     # ------------------------------------------------------------------ bests, summary, save
