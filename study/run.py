@@ -255,6 +255,10 @@ def _run(space, config, location, resume: bool) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet rows are the record
     os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
+    # Tune forces an experiment snapshot when a trial has checkpointed num_to_keep (2) times since the last one,
+    # and warns when that happens within 5 s: with short epochs it does, by design (the snapshot is what a
+    # resume starts from), so the warning only alarms users
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     resume_cmd = config.resume_command()
     # SIGTERM behaves like Ctrl-C: Tune saves its state and stops the trials
     _sigterm_as_sigint()
