@@ -247,13 +247,13 @@ class Outcome:
     interrupted: bool
 
 
-def _settings(space: SearchSpace, config: StudyConfig, location: StudyLocation) -> TrialSettings:
+def _settings(space: SearchSpace, config: StudyConfig, scheduler: TrialScheduler) -> TrialSettings:
     return TrialSettings(study=config.name, results=_absolute(config.results), task=space.task,
                          epochs=config.epochs, seed=config.seed, device=config.device,
                          checkpoint_every=config.checkpoint_every, threads=config.threads_per_trial,
                          metric=space.metric, mode=space.mode,
                          fixed={**space.fixed, **config.extra.get("set", {})},
-                         flush_at=stop_epochs(make_scheduler(space, config)))
+                         flush_at=stop_epochs(scheduler))
 
 
 def stop_epochs(scheduler: TrialScheduler) -> tuple[int, ...]:
@@ -281,8 +281,10 @@ def can_restore(location: StudyLocation) -> bool:
 
 def build_tuner(space: SearchSpace, config: StudyConfig, location: StudyLocation,
                 resume: bool) -> tuple[tune.Tuner, TrialsTableWriter]:
-    trainable = make_trainable(_settings(space, config, location), config.cpus_per_trial,
-                               config.gpus_per_trial)
+    # a resumed tuner runs the scheduler Tune restores with the experiment; it was built from the same
+    # stored configuration, so this one gives the same stop epochs
+    scheduler = make_scheduler(space, config)
+    trainable = make_trainable(_settings(space, config, scheduler), config.cpus_per_trial, config.gpus_per_trial)
     callback = TrialsTableWriter(location, space.metric, space.mode)
     if resume:
         tuner = tune.Tuner.restore(location.tune_dir, trainable, resume_unfinished=True, resume_errored=True,
@@ -292,7 +294,6 @@ def build_tuner(space: SearchSpace, config: StudyConfig, location: StudyLocation
         # callbacks are not part of the stored experiment: attach ours again
         tuner._local_tuner._run_config.callbacks = [callback]
         return tuner, callback
-    scheduler = make_scheduler(space, config)
     callback.scheduler = scheduler
     tune_config = tune.TuneConfig(search_alg=make_searcher(space, config, location), scheduler=scheduler,
                                   num_samples=config.trials, max_concurrent_trials=config.concurrency,
