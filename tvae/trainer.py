@@ -28,6 +28,8 @@ PHASES = ("coverage", "structure", "geometry")
 TERMS = ("recon", "kl", "hierarchy", "richness", "separation", "radial", "rank", "zero", "geodesic")
 SPLIT_METRICS = ("coverage", "hierarchy_A", "hierarchy_B", "richness_A", "richness_B", "dist_corr",
                  "padic_dist_corr", "Q", "r_v0", "r_v9")
+# what `_SplitEval.device_metrics` returns, in order (Q is derived on the host)
+DEVICE_METRICS = tuple(name for name in SPLIT_METRICS if name != "Q")
 # which way is better, for best_<metric>
 BEST_DIRECTION = {"coverage": max, "hierarchy_A": min, "hierarchy_B": min, "dist_corr": max,
                   "padic_dist_corr": max, "Q": max}
@@ -76,7 +78,7 @@ class _SplitEval:
     """Fixed, seeded metric samples of one split (positions are into the split's sorted index array)."""
 
     def __init__(self, ops: torch.Tensor, v_all: np.ndarray, cfg: Config, salt: int, device: torch.device,
-                 device_metrics: bool):
+                 on_device: bool):
         self.ops = ops.numpy()
         self.v = v_all[self.ops]
         rng = np.random.default_rng([cfg.eval.seed, salt])
@@ -95,7 +97,7 @@ class _SplitEval:
         if self.pi is not None:       # pair indices on the evaluation's device, copied there once
             self.pi_t, self.pj_t = torch.from_numpy(self.pi).to(device), torch.from_numpy(self.pj).to(device)
         # GPU: every metric is computed on the device (tvae/metrics_torch.py); its inputs live there
-        if device_metrics:
+        if on_device:
             as_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
             self.ops_t, self.v_t = as_dev(self.ops), as_dev(self.v.astype(np.int64))
             if self.dist is not None:
@@ -107,7 +109,7 @@ class _SplitEval:
 
     def device_metrics(self, r_A: torch.Tensor, r_B: torch.Tensor, correct: torch.Tensor, z_B: torch.Tensor,
                        c: torch.Tensor) -> torch.Tensor:
-        """This split's SPLIT_METRICS but Q, as one float64 tensor (in that order), without a host sync; coverage
+        """This split's DEVICE_METRICS as one float64 tensor (in that order), without a host sync; coverage
         as the count of decoded operations (CUDA divides by a scalar as a product with its reciprocal, which
         made 19683 / 19683 = 0.9999999999999999)."""
         nan = torch.full((), float("nan"), dtype=torch.float64, device=r_B.device)
@@ -125,6 +127,12 @@ class _SplitEval:
             metrics_torch.spearman_discrete(ra, self.v_t, 10), metrics_torch.spearman_discrete(rb, self.v_t, 10),
             metrics_torch.richness(moments_A), metrics_torch.richness(moments_B),
             dist, padic, metrics_torch.level_mean(moments_B, 0), metrics_torch.level_mean(moments_B, 9)])
+
+
+def _split_row(split: str, m: dict[str, float]) -> dict[str, float]:
+    """A split's DEVICE_METRICS values as row entries ``<split>_<metric>``, with Q derived from them."""
+    m = m | {"Q": metrics.q_value(m["dist_corr"], m["hierarchy_B"])}
+    return {f"{split}_{name}": m[name] for name in SPLIT_METRICS}
 
 
 def aligned_steps(t: torch.Tensor) -> torch.Tensor:
@@ -405,9 +413,9 @@ class TernaryRun:
             for p, _ in self._grad_slots:
                 p.grad = None
             loss.backward()
-            got = [(p.grad, slot) for p, slot in self._grad_slots if p.grad is not None]
+            got = [(p, slot) for p, slot in self._grad_slots if p.grad is not None]
             g.zero_()                      # frozen modules' segments stay 0; the others are overwritten
-            torch._foreach_copy_([slot for _, slot in got], [grad for grad, _ in got])
+            torch._foreach_copy_([slot for _, slot in got], [p.grad for p, _ in got])
         else:                              # CPU: autograd adds into the flat buffer's views
             g.zero_()
             loss.backward()
@@ -627,13 +635,11 @@ class TernaryRun:
             packed, = self.graphs.run(key, metrics_fn, frozen_mu)
         values = packed.cpu().numpy()
         out: dict[str, float] = {}
-        per_split = len(SPLIT_METRICS) - 1
-        for k, split in enumerate(self.evals):
-            m = dict(zip([name for name in SPLIT_METRICS if name != "Q"],
-                         values[k * per_split:(k + 1) * per_split].tolist()))
-            m["coverage"] /= len(self.evals[split].ops)
-            m["Q"] = metrics.q_value(m["dist_corr"], m["hierarchy_B"])
-            out.update({f"{split}_{name}": m[name] for name in SPLIT_METRICS})
+        per_split = len(DEVICE_METRICS)
+        for k, (split, ev) in enumerate(self.evals.items()):
+            m = dict(zip(DEVICE_METRICS, values[k * per_split:(k + 1) * per_split].tolist()))
+            m["coverage"] /= len(ev.ops)
+            out.update(_split_row(split, m))
         d = self.cfg.model.latent_dim
         out["erank_B"] = metrics.effective_rank_from_gram(values[len(self.evals) * per_split:].reshape(d, d))
         return out
@@ -664,8 +670,7 @@ class TernaryRun:
                 "r_v0": metrics.level_mean(rb, v, 0),
                 "r_v9": metrics.level_mean(rb, v, 9),
             }
-            m["Q"] = metrics.q_value(m["dist_corr"], m["hierarchy_B"])
-            out.update({f"{split}_{k}": m[k] for k in SPLIT_METRICS})
+            out.update(_split_row(split, m))
         out["erank_B"] = metrics.effective_rank_from_gram(gram)
         return out
 
