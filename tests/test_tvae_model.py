@@ -1,4 +1,5 @@
 """Model pieces: the dropout masks and the projection's use of precomputed ones."""
+import math
 import torch
 
 from tvae.model import Projection, keep_mask
@@ -13,6 +14,18 @@ def test_keep_mask_has_the_dropout_rate_and_unit_mean():
     assert abs(dropped - 6554 / 65536) < 0.002          # 400,000 draws: standard error 0.0005
     assert abs(mask.mean().item() - 1.0) < 0.003
     assert keep_mask((3, 5), 0.0).eq(1.0).all()
+
+
+def test_keep_mask_keeps_exactly_the_16_bit_draws_at_or_above_the_threshold():
+    """The definition in keep_mask's docstring, written with an integer compare, against its float arithmetic."""
+    for p, shape in [(0.1, (37, 11)), (0.5, (5,)), (1e-6, (9, 3)), (0.9, (1000,))]:
+        n, threshold = math.prod(shape), round(p * 65536)
+        torch.manual_seed(3)
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)
+        keep = bits.view(torch.int16)[:n].view(shape) >= threshold - 32768
+        expected = keep.to(torch.float32) * (65536 / (65536 - threshold))
+        torch.manual_seed(3)
+        assert torch.equal(keep_mask(shape, p), expected)
 
 
 def test_projection_uses_the_masks_it_is_given():

@@ -138,6 +138,19 @@ def test_gradients_handed_over_train_like_gradients_added_in_place():
         assert _metrics(handed.train_epoch()) == _metrics(added.train_epoch())
 
 
+def test_adam_kernel_called_directly_trains_like_optimizer_step():
+    """The CPU's direct call of the fused Adam kernel (`trainer.adam_step`) gives bitwise the same training as
+    torch.optim.Adam.step(), across the phase changes that freeze and unfreeze parameter groups."""
+    phases = TINY | {"phases.structure_start": 1, "phases.geometry_start": 2}
+    direct = trainer.make_run(phases, epochs=3, seed=0)
+    stepped = trainer.make_run(phases, epochs=3, seed=0)
+    stepped._direct_adam = False
+    assert direct._direct_adam
+    for _ in range(3):
+        assert _metrics(direct.train_epoch()) == _metrics(stepped.train_epoch())
+    assert trainer.adam_step(direct.optimizer)          # every trainable group has state: the direct path ran
+
+
 @pytest.mark.parametrize("phase", ["coverage", "structure"])
 def test_metrics_in_torch_equal_the_numpy_ones(phase):
     """The GPU's evaluation path (every metric in torch, `_evaluate_on_device`) run on the CPU, against the

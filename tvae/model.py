@@ -22,8 +22,11 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str | Non
     n = math.prod(shape)
     threshold = round(p * 65536)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
-    keep = bits.view(torch.int16)[:n].view(shape) >= threshold - 32768       # int16 uniform on [-32768, 32767]
-    return keep.to(torch.float32).mul_(65536 / (65536 - threshold))
+    u = bits.view(torch.int16)[:n].view(shape).to(torch.float32)      # integers, uniform on [-32768, 32767]
+    # keep iff u >= t (t = threshold - 32768): u - (t - 1) is >= 1 when kept, <= 0 when dropped, so the clamp
+    # gives exactly 1 or 0. Float arithmetic: on a CPU the int16 compare and the bool -> float conversion are
+    # not vectorised (39 + 50 us for one projection's 98,304 multipliers; these three ops: 25 us).
+    return u.sub_(threshold - 32768 - 1).clamp_(0.0, 1.0).mul_(65536 / (65536 - threshold))
 
 
 class Dropout(nn.Module):
