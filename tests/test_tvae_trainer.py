@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from tvae import trainer
 from tvae.tasks import DivergedError, Run, load_run, make_run
@@ -104,6 +105,20 @@ def test_cli_resume_gives_the_same_rows_as_a_straight_run(tmp_path):
     assert (tmp_path / "b" / "config.yaml").read_text().startswith("preset: tiny")
 
 
+@pytest.mark.parametrize("mode", [[], ["--whole-run"]])
+def test_bench_prints_its_table_and_json_line(mode):
+    r = subprocess.run([sys.executable, "-m", "tvae.bench", "--preset", "tiny", "--epochs", "4", *mode], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"train_epoch_s", "eval_s", "epoch_s", "device", "threads"} <= out.keys()
+    assert out["device"] == "cpu" and out["threads"] == 1 and 0 < out["train_epoch_s"] < out["epoch_s"]
+    if mode:        # every epoch of the preset's phases, the coverage phase included
+        assert out["whole_run"] and "coverage " in r.stdout and abs(out["total_s"] - 4 * out["mean_epoch_s"]) < 0.01
+    else:
+        assert "structure " in r.stdout and "geometry " in r.stdout and "coverage " not in r.stdout
+
+
 def test_learnable_curvature_receives_gradients():
     run = make_run("ternary_vae", TINY | {"model.learnable_curvature": True}, epochs=3, seed=0)
     rows = [run.train_epoch() for _ in range(3)]
@@ -136,6 +151,19 @@ def test_gradients_handed_over_train_like_gradients_added_in_place():
         p.grad = None
     for _ in range(3):
         assert _metrics(handed.train_epoch()) == _metrics(added.train_epoch())
+
+
+def test_epochs_flush_subnormal_floats_and_switch_flushing_off_afterwards():
+    """Subnormal weights and Adam moments (dead units decaying) made late epochs 2-4x slower; an epoch runs with
+    the CPU flushing them to zero, observed from inside the epoch by a forward hook."""
+    subnormal = torch.tensor([1e-39])
+    assert subnormal.mul(1.0).item() != 0.0              # not flushing before
+    inside = []
+    run = trainer.make_run(TINY, epochs=1, seed=0)
+    run.model.decoder.register_forward_hook(lambda *_: inside.append(subnormal.mul(1.0).item()))
+    run.train_epoch()
+    assert inside and set(inside) == {0.0}               # flushed during the epoch
+    assert subnormal.mul(1.0).item() != 0.0              # and not after it
 
 
 def test_adam_kernel_called_directly_trains_like_optimizer_step():

@@ -1,12 +1,16 @@
 """``python -m tvae.bench``: time training and evaluation per epoch of the TernaryVAE trainer.
 
     python -m tvae.bench [--device cpu|cuda] [--threads N] [--epochs N] [--preset v5_12_4] [--set KEY=VALUE ...]
-                         [--no-cuda-graphs] [--single-stream] [--compile]
+                         [--no-cuda-graphs] [--single-stream] [--compile] [--whole-run]
 
 One coverage epoch runs first (not timed, it also warms up); then ``--epochs`` epochs are timed, the first half
 in the structure phase and the rest in the geometry phase (the phases that dominate a run). Prints a table of
 medians, then one JSON line with ``train_epoch_s``, ``eval_s``, ``epoch_s``, ``device``, ``threads``.
 ``epoch_s`` is the median of the per-epoch sums (training + the full evaluation every epoch gets).
+
+``--whole-run`` times every epoch of the preset's own schedule instead (``--epochs`` in all, default the
+preset's; coverage included): what a study's trial costs, with the homeostasis freezes and the late epochs
+that the default's early epochs do not show. Its JSON line adds ``total_s`` and ``mean_epoch_s``.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=10, help="timed epochs (default 10)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="timed epochs (default 10; with --whole-run, the preset's epochs)")
     p.add_argument("--preset", default="v5_12_4")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
@@ -31,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="GPU: run the A and B paths of a step on one stream (default: two, see TernaryRun)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each step's loss (compiles once per phase: the 'max' column shows it)")
+    p.add_argument("--whole-run", action="store_true",
+                   help="time every epoch of the preset's own phases and schedule (see above)")
     args = p.parse_args(argv)
-    if args.epochs < 2:
+    if args.epochs is None and not args.whole_run:
+        args.epochs = 10
+    if args.epochs is not None and args.epochs < 2:
         p.error("--epochs must be >= 2")
     import torch
 
@@ -41,17 +50,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = dict(config_mod.parse_assignment(s) for s in args.sets)
-        overrides.update({"phases.structure_start": 1, "phases.geometry_start": 1 + args.epochs // 2})
-        cfg = config_mod.build(args.preset, overrides=overrides, epochs=1 + args.epochs, seed=0)
+        if args.whole_run:
+            cfg = config_mod.build(args.preset, overrides=overrides, epochs=args.epochs, seed=0)
+        else:
+            overrides.update({"phases.structure_start": 1, "phases.geometry_start": 1 + args.epochs // 2})
+            cfg = config_mod.build(args.preset, overrides=overrides, epochs=1 + args.epochs, seed=0)
         run = trainer.run_from_config(cfg, args.device, cuda_graphs=args.cuda_graphs, compile=args.compile)
         if args.single_stream:
             run.side_stream = None
     except (config_mod.ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run.train_epoch()                                   # coverage epoch: warm-up, not timed
+    if not args.whole_run:
+        run.train_epoch()                               # coverage epoch: warm-up, not timed
     rows = []
-    for _ in range(args.epochs):
+    for _ in range(run.epochs - run.epoch):
         row = run.train_epoch()
         t = run.timings
         rows.append((row["phase"], t["train_s"], t["eval_s"], t["train_cpu_s"], t["eval_cpu_s"]))
@@ -61,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     total = med([r[1] + r[2] for r in rows])
     graphs = run.graphs is not None
     print(f"tvae.bench  preset={args.preset} device={args.device} threads={args.threads} "
-          f"timed epochs={args.epochs} load={os.getloadavg()[0]:.2f}"
+          f"timed epochs={len(rows)}{' (whole run)' if args.whole_run else ''} load={os.getloadavg()[0]:.2f}"
           + (f" cuda_graphs={graphs} streams={1 if run.side_stream is None else 2}" if args.device == "cuda" else "") + (" compile=True" if args.compile else ""))
     if graphs:
         print("the first epoch of each phase runs eagerly and captures the graph (its time: the 'max' column)")
     print("wall-clock medians (s); cpu = process CPU time, a check when the machine is loaded")
     print(f"{'phase':<10}{'epochs':>7}{'train':>9}{'eval':>9}{'epoch':>9}{'cpu train':>11}{'cpu eval':>10}{'max':>9}")
-    for phase in ("structure", "geometry", "all"):
+    for phase in ("coverage", "structure", "geometry", "all"):
         sel = [r for r in rows if r[0] == phase or phase == "all"]
         if sel:
             print(f"{phase:<10}{len(sel):>7}{med([r[1] for r in sel]):>9.4f}{med([r[2] for r in sel]):>9.4f}"
@@ -76,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"train_epoch_s": round(train, 5), "eval_s": round(ev, 5), "epoch_s": round(total, 5),
                       "device": args.device, "threads": args.threads}
                      | ({"cuda_graphs": graphs} if args.device == "cuda" else {})
-                     | ({"compile": True} if args.compile else {})))
+                     | ({"compile": True} if args.compile else {})
+                     | ({"whole_run": True, "total_s": round(sum(r[1] + r[2] for r in rows), 3),
+                         "mean_epoch_s": round(sum(r[1] + r[2] for r in rows) / len(rows), 5)}
+                        if args.whole_run else {})))
     return 0
 
 
