@@ -353,7 +353,8 @@ class TernaryRun:
     def train_epoch(self) -> dict[str, Any]:
         """Train the next epoch and evaluate it; returns its row. The epoch runs with the CPU flushing subnormal
         floats to zero (FTZ/DAZ, where the CPU has them; switched off again afterwards): from about epoch 40 of
-        a v5_12_4 run, subnormal numbers made epochs 2-4x slower (100 epochs: 51.9 s, flushed 28.3 s)."""
+        a v5_12_4 run, subnormal weights and Adam moments made epochs 2-4x slower (100 epochs on this CPU:
+        53 s, flushed 29 s; tvae/README.md, difference 19)."""
         if self.epoch >= self.epochs:
             raise RuntimeError(f"all {self.epochs} epochs are already trained")
         t0 = time.perf_counter()
