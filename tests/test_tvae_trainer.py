@@ -20,6 +20,16 @@ def _metrics(row):
     return {k: v for k, v in row.items() if k not in ("epoch_seconds", "wall_time")}
 
 
+# the tiny preset with a structure and a geometry epoch right after the first coverage epoch
+TINY_ALL_PHASES = TINY | {"phases.structure_start": 1, "phases.geometry_start": 2}
+
+
+def _assert_trains_alike(a, b, epochs=3):
+    """Runs ``a`` and ``b`` give bitwise the same rows, epoch by epoch."""
+    for _ in range(epochs):
+        assert _metrics(a.train_epoch()) == _metrics(b.train_epoch())
+
+
 def test_phases_switch_at_their_epochs_and_rows_follow_the_schema():
     run = make_run("ternary_vae", TINY | {"phases.structure_start": 2, "phases.geometry_start": 3}, epochs=4, seed=0)
     assert isinstance(run, Run)
@@ -129,9 +139,8 @@ def test_learnable_curvature_receives_gradients():
 @pytest.mark.slow
 def test_compiled_steps_train_like_eager_steps():
     """`compile=True` (torch.compile of each step's loss): same recipe, same seed, losses of the same size."""
-    phases = TINY | {"phases.structure_start": 1, "phases.geometry_start": 2}
-    eager = make_run("ternary_vae", phases, epochs=3, seed=0)
-    compiled = trainer.make_run(phases, epochs=3, seed=0, compile=True)
+    eager = make_run("ternary_vae", TINY_ALL_PHASES, epochs=3, seed=0)
+    compiled = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0, compile=True)
     assert compiled.compiled and not eager.compiled
     for _ in range(3):
         e, c = eager.train_epoch(), compiled.train_epoch()
@@ -143,14 +152,12 @@ def test_compiled_steps_train_like_eager_steps():
 def test_gradients_handed_over_train_like_gradients_added_in_place():
     """The GPU's gradient hand-over (fresh gradients, one foreach copy into the flat buffer) run on the CPU gives
     bitwise the same training as the CPU's in-place accumulation."""
-    phases = TINY | {"phases.structure_start": 1, "phases.geometry_start": 2}
-    added = make_run("ternary_vae", phases, epochs=3, seed=0)
-    handed = trainer.make_run(phases, epochs=3, seed=0)
+    added = make_run("ternary_vae", TINY_ALL_PHASES, epochs=3, seed=0)
+    handed = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0)
     handed._hand_over_grads = True
     for p, _ in handed._grad_slots:
         p.grad = None
-    for _ in range(3):
-        assert _metrics(handed.train_epoch()) == _metrics(added.train_epoch())
+    _assert_trains_alike(handed, added)
 
 
 def test_epochs_flush_subnormal_floats_and_switch_flushing_off_afterwards():
@@ -169,13 +176,11 @@ def test_epochs_flush_subnormal_floats_and_switch_flushing_off_afterwards():
 def test_adam_kernel_called_directly_trains_like_optimizer_step():
     """The CPU's direct call of the fused Adam kernel (`trainer.adam_step`) gives bitwise the same training as
     torch.optim.Adam.step(), across the phase changes that freeze and unfreeze parameter groups."""
-    phases = TINY | {"phases.structure_start": 1, "phases.geometry_start": 2}
-    direct = trainer.make_run(phases, epochs=3, seed=0)
-    stepped = trainer.make_run(phases, epochs=3, seed=0)
+    direct = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0)
+    stepped = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0)
     stepped._direct_adam = False
     assert direct._direct_adam
-    for _ in range(3):
-        assert _metrics(direct.train_epoch()) == _metrics(stepped.train_epoch())
+    _assert_trains_alike(direct, stepped)
     assert trainer.adam_step(direct.optimizer)          # every trainable group has state: the direct path ran
 
 
@@ -183,8 +188,6 @@ def test_adam_kernel_called_directly_trains_like_optimizer_step():
 def test_metrics_in_torch_equal_the_numpy_ones(phase):
     """The GPU's evaluation path (every metric in torch, `_evaluate_on_device`) run on the CPU, against the
     numpy definitions on the same weights; both splits."""
-    import torch
-
     from tvae import config as config_mod
 
     epochs = 1 if phase == "coverage" else 3
@@ -208,8 +211,6 @@ def test_metrics_in_torch_equal_the_numpy_ones(phase):
 
 @pytest.mark.parametrize("shape", [(39, 10), (39,), (39, 512), (39, 3, 5)])
 def test_aligned_steps_keep_values_and_align_every_step(shape):
-    import torch
-
     t = torch.arange(math.prod(shape), dtype=torch.int64 if len(shape) == 3 else torch.float32).view(shape)
     aligned = trainer.aligned_steps(t)
     assert torch.equal(aligned, t)

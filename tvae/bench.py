@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         t = run.timings
         rows.append((row["phase"], t["train_s"], t["eval_s"], t["train_cpu_s"], t["eval_cpu_s"]))
     med = statistics.median
+    epoch_s = [r[1] + r[2] for r in rows]                # training + evaluation of each epoch
     train = med([r[1] for r in rows])
     ev = med([r[2] for r in rows])
-    total = med([r[1] + r[2] for r in rows])
+    total = med(epoch_s)
     graphs = run.graphs is not None
     print(f"tvae.bench  preset={args.preset} device={args.device} threads={args.threads} "
           f"timed epochs={len(rows)}{' (whole run)' if args.whole_run else ''} load={os.getloadavg()[0]:.2f}"
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                       "device": args.device, "threads": args.threads}
                      | ({"cuda_graphs": graphs} if args.device == "cuda" else {})
                      | ({"compile": True} if args.compile else {})
-                     | ({"whole_run": True, "total_s": round(sum(r[1] + r[2] for r in rows), 3),
-                         "mean_epoch_s": round(sum(r[1] + r[2] for r in rows) / len(rows), 5)}
+                     | ({"whole_run": True, "total_s": round(sum(epoch_s), 3),
+                         "mean_epoch_s": round(sum(epoch_s) / len(epoch_s), 5)}
                         if args.whole_run else {})))
     return 0
 
