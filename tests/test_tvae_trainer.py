@@ -141,7 +141,7 @@ def test_compiled_steps_train_like_eager_steps():
     """`compile=True` (torch.compile of each step's loss): same recipe, same seed, losses of the same size."""
     eager = make_run("ternary_vae", TINY_ALL_PHASES, epochs=3, seed=0)
     compiled = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0, compile=True)
-    assert compiled.compiled and not eager.compiled
+    assert compiled.execution.compile and not eager.execution.compile
     for _ in range(3):
         e, c = eager.train_epoch(), compiled.train_epoch()
         assert e["phase"] == c["phase"]
@@ -153,11 +153,13 @@ def test_gradients_handed_over_train_like_gradients_added_in_place():
     """The GPU's gradient hand-over (fresh gradients, one foreach copy into the flat buffer) run on the CPU gives
     bitwise the same training as the CPU's in-place accumulation."""
     added = make_run("ternary_vae", TINY_ALL_PHASES, epochs=3, seed=0)
-    handed = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0)
-    handed._hand_over_grads = True
-    for p, _ in handed._grad_slots:
-        p.grad = None
+    handed = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0, hand_over_grads=True)
+    assert handed.execution.hand_over_grads and not added.execution.hand_over_grads
     _assert_trains_alike(handed, added)
+    flat = {run: run._flat_grad.untyped_storage().data_ptr() for run in (handed, added)}
+    in_buffer = lambda run: {p.grad is not None and p.grad.untyped_storage().data_ptr() == flat[run]  # noqa: E731
+                             for p, _ in run._grad_slots}
+    assert in_buffer(added) == {True} and in_buffer(handed) == {False}    # the two ways really differ
 
 
 def test_epochs_flush_subnormal_floats_and_switch_flushing_off_afterwards():
@@ -177,9 +179,8 @@ def test_adam_kernel_called_directly_trains_like_optimizer_step():
     """The CPU's direct call of the fused Adam kernel (`trainer.adam_step`) gives bitwise the same training as
     torch.optim.Adam.step(), across the phase changes that freeze and unfreeze parameter groups."""
     direct = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0)
-    stepped = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0)
-    stepped._direct_adam = False
-    assert direct._direct_adam
+    stepped = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0, direct_adam=False)
+    assert direct.execution.direct_adam and not stepped.execution.direct_adam
     _assert_trains_alike(direct, stepped)
     assert trainer.adam_step(direct.optimizer)          # every trainable group has state: the direct path ran
 
@@ -193,7 +194,7 @@ def test_metrics_in_torch_equal_the_numpy_ones(phase):
     epochs = 1 if phase == "coverage" else 3
     cfg = config_mod.build("tiny", overrides={"data.train_fraction": 0.8, "phases.structure_start": 1}, epochs=3,
                            seed=0)
-    run = trainer.TernaryRun(cfg, device_metrics=True)
+    run = trainer.run_from_config(cfg, device_metrics=True)
     for _ in range(epochs):
         run.train_epoch()
     run.model.eval()
@@ -215,3 +216,19 @@ def test_aligned_steps_keep_values_and_align_every_step(shape):
     aligned = trainer.aligned_steps(t)
     assert torch.equal(aligned, t)
     assert all(aligned[s].data_ptr() % 16 == 0 for s in range(shape[0]))
+
+
+def test_execution_switches_take_the_device_defaults_and_refuse_what_cannot_run():
+    from tvae.execution import Execution
+
+    cpu = torch.device("cpu")
+    assert Execution().resolve(cpu, "adam") == Execution(cuda_graphs=False, compile=False, device_metrics=False,
+                                                          two_streams=False, hand_over_grads=False, direct_adam=True)
+    assert not Execution().resolve(cpu, "riemannian_adam").direct_adam     # geoopt keeps its own step()
+    assert Execution(device_metrics=True).resolve(cpu, "adam").device_metrics
+    with pytest.raises(ValueError, match="two_streams needs a CUDA device"):
+        trainer.make_run(TINY, epochs=1, two_streams=True)
+    with pytest.raises(ValueError, match="direct_adam"):
+        trainer.make_run(TINY | {"optim.optimizer": "riemannian_adam"}, epochs=1, direct_adam=True)
+    with pytest.raises(TypeError, match="side_stream"):
+        trainer.make_run(TINY, epochs=1, side_stream=None)

@@ -55,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             overrides.update({"phases.structure_start": 1, "phases.geometry_start": 1 + args.epochs // 2})
             cfg = config_mod.build(args.preset, overrides=overrides, epochs=1 + args.epochs, seed=0)
-        run = trainer.run_from_config(cfg, args.device, cuda_graphs=args.cuda_graphs, compile=args.compile)
-        if args.single_stream:
-            run.side_stream = None
+        run = trainer.run_from_config(cfg, args.device, cuda_graphs=args.cuda_graphs, compile=args.compile,
+                                      two_streams=False if args.single_stream else None)
     except (config_mod.ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     graphs = run.graphs is not None
     print(f"tvae.bench  preset={args.preset} device={args.device} threads={args.threads} "
           f"timed epochs={len(rows)}{' (whole run)' if args.whole_run else ''} load={os.getloadavg()[0]:.2f}"
-          + (f" cuda_graphs={graphs} streams={1 if run.side_stream is None else 2}" if args.device == "cuda" else "") + (" compile=True" if args.compile else ""))
+          + (f" cuda_graphs={graphs} streams={2 if run.execution.two_streams else 1}" if args.device == "cuda" else "") + (" compile=True" if args.compile else ""))
     if graphs:
         print("the first epoch of each phase runs eagerly and captures the graph (its time: the 'max' column)")
     print("wall-clock medians (s); cpu = process CPU time, a check when the machine is loaded")

@@ -16,6 +16,7 @@ import torch
 
 from tvae import checkpoint, config as config_mod, data, losses, metrics, metrics_torch, radius_terms
 from tvae.config import Config
+from tvae.execution import Execution
 from tvae.geometry import distance, log0, radius
 from tvae.homeostasis import Homeostasis
 from tvae.model import TernaryVAE, sample
@@ -177,14 +178,13 @@ def aligned_steps(t: torch.Tensor) -> torch.Tensor:
 class TernaryRun:
     """One training run. ``epoch`` = epochs completed; ``train_epoch()`` trains the next one."""
 
-    def __init__(self, cfg: Config, device: str = "cpu", cuda_graphs: bool = True, compile: bool = False,
-                 device_metrics: bool | None = None):
-        """``device_metrics``: compute the evaluation's metrics in torch on the device (default: on a GPU only;
-        on the CPU the numpy definitions are faster)."""
+    def __init__(self, cfg: Config, device: str = "cpu", execution: Execution | None = None):
+        """``execution``: how the run executes on its device (`tvae.execution`; default: the device's defaults)."""
         self.cfg = cfg
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
+        self.execution = ex = (execution or Execution()).resolve(self.device, cfg.optim.optimizer)
         self.epochs = cfg.epochs
         self.epoch = 0
         dev = self.device
@@ -211,7 +211,7 @@ class TernaryRun:
         a = cfg.loss.a_path_weight
         self.path_weights = torch.tensor([a, 1.0] if a != 0.0 else [1.0], device=dev)
         self.radius_weights = {phase: self._make_radius_weights(phase) for phase in ("structure", "geometry")}
-        self.metrics_on_device = dev.type == "cuda" if device_metrics is None else device_metrics
+        self.metrics_on_device = ex.device_metrics
         self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1, dev, self.metrics_on_device)}
         if len(self.split.heldout):
             self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev, self.metrics_on_device)
@@ -227,8 +227,6 @@ class TernaryRun:
         self._flatten(module_params)
         groups = [{"params": [self._flat_params[name]], "name": name} for name in module_params]
         self.optimizer = make_optimizer(cfg, groups, dev)
-        # CPU, torch Adam: its kernel is called directly (`adam_step`); the GPU's capturable Adam keeps step()
-        self._direct_adam = cfg.optim.optimizer == "adam" and dev.type == "cpu"
         self.homeostasis = Homeostasis(cfg.homeostasis, start_epoch=cfg.phases.structure_start)
         self.r_orig: torch.Tensor | None = None      # reference radii of z_B at the start of the structure phase
         # (mu, logvar) of every operation for each frozen encoder: a frozen encoder's outputs cannot change
@@ -241,17 +239,16 @@ class TernaryRun:
         self._rng = self._capture_rng()
         # GPU: each epoch's steps replay as one CUDA graph (tvae/cuda_graphs.py); geoopt's optimiser is not capturable
         self.graphs = None
-        if dev.type == "cuda" and cuda_graphs and cfg.optim.optimizer == "adam":
+        if ex.cuda_graphs:
             from tvae.cuda_graphs import EpochGraphs
 
             self.graphs = EpochGraphs(dev)
+        # the structure steps' A and B paths on two streams (`_on_two_streams`)
+        self.side_stream = torch.cuda.Stream(dev) if ex.two_streams else None
         # opt-in: torch.compile (inductor) fuses each step's loss and its backward. Every phase and frozen-encoder
         # combination compiles once (10-18 s on the GPU machine, 6-19 s on one CPU core). Measured: GPU (H200,
         # with CUDA graphs) 0.043 instead of 0.069 s/epoch; CPU no gain (0.312 vs 0.308 s/epoch).
-        self.compiled = compile
-        # GPU, not compiled: the structure steps' A and B paths run on two streams (`_on_two_streams`)
-        self.side_stream = torch.cuda.Stream(dev) if dev.type == "cuda" and not compile else None
-        if compile:
+        if ex.compile:
             self._coverage_loss = torch.compile(self._coverage_loss, dynamic=False)
             self._structure_loss = torch.compile(self._structure_loss, dynamic=False)
 
@@ -261,7 +258,8 @@ class TernaryRun:
         the whole gradient buffer (frozen modules' segments stay 0) and Adam updates a few large tensors instead
         of many small ones. On the CPU the parameters' gradients are views into that buffer (autograd adds into
         them in place); on a GPU autograd hands fresh gradients over and one foreach copy moves them in (`_step`:
-        one kernel instead of an add per parameter; on the CPU fresh gradient tensors cost more than the adds)."""
+        one kernel instead of an add per parameter; on the CPU fresh gradient tensors cost more than the adds:
+        `Execution.hand_over_grads`)."""
         all_params = [p for ps in module_params.values() for p in ps]
         n = sum(p.numel() for p in all_params)
         ref = all_params[0]
@@ -270,7 +268,6 @@ class TernaryRun:
         self._flat_params: dict[str, torch.Tensor] = {}
         self._flat_grads: dict[str, torch.Tensor] = {}
         self._grad_slots: list[tuple[torch.nn.Parameter, torch.Tensor]] = []   # (parameter, its flat gradient view)
-        self._hand_over_grads = ref.device.type == "cuda"
         off = 0
         for name, ps in module_params.items():
             start = off
@@ -280,7 +277,7 @@ class TernaryRun:
                 p.data = self._flat[off:off + k].view_as(p)
                 slot = self._flat_grad[off:off + k].view_as(p)
                 self._grad_slots.append((p, slot))
-                if not self._hand_over_grads:
+                if not self.execution.hand_over_grads:
                     p.grad = slot
                 off += k
             self._flat_params[name] = self._flat[start:off]
@@ -441,7 +438,7 @@ class TernaryRun:
 
     def _step(self, loss: torch.Tensor) -> torch.Tensor:
         g = self._flat_grad
-        if self._hand_over_grads:          # GPU (see _flatten)
+        if self.execution.hand_over_grads:     # GPU (see _flatten)
             for p, _ in self._grad_slots:
                 p.grad = None
             loss.backward()
@@ -455,7 +452,7 @@ class TernaryRun:
         # frozen modules' segments are 0, so the norm is the norm over the trainable parameters
         norm = torch.linalg.vector_norm(g)
         g.mul_((self.cfg.optim.max_grad_norm / (norm + 1e-6)).clamp_(max=1.0))
-        if not self._direct_adam or not adam_step(self.optimizer):
+        if not self.execution.direct_adam or not adam_step(self.optimizer):
             self.optimizer.step()
         return norm
 
@@ -477,7 +474,7 @@ class TernaryRun:
         pi, pj = self._pairs(n_steps, bsz, min(rad.n_pairs, bsz * (bsz - 1) // 2))
         e1 = cfg.phases.structure_start
         pull = cov.radial_weight * min(1.0, self.epoch / max(1, e1 // 2))   # ramp: 0 -> full at e1/2
-        if self.compiled:
+        if self.execution.compile:
             pi, pj = aligned_steps(pi), aligned_steps(pj)
         return {"perm": perm, "pi": pi, "pj": pj, "pull": torch.tensor(pull, device=dev)}
 
@@ -549,7 +546,7 @@ class TernaryRun:
             if self.homeostasis.frozen[name]:
                 mu, lv = self._frozen_outputs(name)
                 inp[f"mu_{name[-1]}"], inp[f"lv_{name[-1]}"] = take(mu), take(lv)
-        if self.compiled:
+        if self.execution.compile:
             inp = {name: aligned_steps(value) for name, value in inp.items()}
         return inp
 
@@ -774,24 +771,24 @@ class TernaryRun:
 
 
 def make_run(overrides: Mapping[str, Any] | None = None, *, epochs: int | None = None, seed: int = 0,
-             device: str = "cpu", preset: str | None = None, cuda_graphs: bool = True,
-             compile: bool = False) -> TernaryRun:
-    """A fresh run. ``overrides`` are dotted config keys; the key ``preset`` selects the base preset."""
+             device: str = "cpu", preset: str | None = None, **execution: bool | None) -> TernaryRun:
+    """A fresh run. ``overrides`` are dotted config keys; the key ``preset`` selects the base preset;
+    ``execution``: `tvae.execution.Execution` switches."""
     overrides = dict(overrides or {})
     base = preset or overrides.pop("preset", "v5_12_4")
     if not isinstance(base, str):
         raise config_mod.ConfigError(f"preset: expected a str, got {base!r}")
     cfg = config_mod.build(base, overrides=overrides, epochs=epochs, seed=seed)
-    return TernaryRun(cfg, device, cuda_graphs, compile)
+    return TernaryRun(cfg, device, Execution(**execution))
 
 
-def run_from_config(cfg: Config, device: str = "cpu", cuda_graphs: bool = True, compile: bool = False) -> TernaryRun:
+def run_from_config(cfg: Config, device: str = "cpu", **execution: bool | None) -> TernaryRun:
     config_mod.validate(cfg)
-    return TernaryRun(cfg, device, cuda_graphs, compile)
+    return TernaryRun(cfg, device, Execution(**execution))
 
 
 def load_run(directory: str | Path, *, device: str = "cpu", epochs: int | None = None,
-             cuda_graphs: bool = True, compile: bool = False) -> TernaryRun:
+             **execution: bool | None) -> TernaryRun:
     """Restore a run saved with ``save(directory)``; ``epochs`` may extend the total."""
     state = checkpoint.load(Path(directory) / CHECKPOINT_FILE)
     if state.get("version") != CHECKPOINT_VERSION:
@@ -799,6 +796,6 @@ def load_run(directory: str | Path, *, device: str = "cpu", epochs: int | None =
     cfg = config_mod.from_dict(Config, state["config"])
     if epochs is not None:
         config_mod.set_key(cfg, "epochs", epochs)
-    run = TernaryRun(cfg, device, cuda_graphs, compile)
+    run = TernaryRun(cfg, device, Execution(**execution))
     run.load_state(state)
     return run
