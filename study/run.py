@@ -289,7 +289,7 @@ def _run(space, config, location, resume: bool) -> int:
             print("No Ray Tune state stored yet: starting the trials from the beginning.")
         tuner, callback = tune_driver.build_tuner(space, config, location, resume)
         outcome = tune_driver.fit(tuner, config.trials, callback.scheduler)
-        cleaned = None if outcome.interrupted else tune_driver.finish_study(location, outcome)
+        cleaned = None if outcome.interrupted else tune_driver.finish_study(location, outcome, space.metric)
     except (KeyboardInterrupt, SystemExit) as exc:
         # a SIGTERM inside ray.init meets Ray's own handler, sys.exit(SIGTERM), before ours is back: same case
         if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:

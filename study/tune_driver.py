@@ -332,7 +332,7 @@ def statuses_outcome(statuses: dict[str, str], requested: int) -> Outcome:
                    interrupted=finished < requested)
 
 
-def finish_study(location: StudyLocation, outcome: Outcome) -> dict[str, list]:
+def finish_study(location: StudyLocation, outcome: Outcome, metric: str) -> dict[str, list]:
     """After a study has completed: fail Optuna trials left RUNNING by a killed driver and remove epoch
     partitions of trials Ray Tune never recorded (both orphans of a driver killed between snapshots)."""
     from study.optuna_store import load_study
@@ -341,21 +341,21 @@ def finish_study(location: StudyLocation, outcome: Outcome) -> dict[str, list]:
     study = load_study(location)
     failed = fail_orphans(study, live, "driver killed before Ray Tune recorded this trial") if study else []
     if study is not None:
-        record_retried(study, trials_table.read(location), location)
+        record_retried(study, trials_table.read(location), metric)
     removed = [t for t in recorder.trial_ids(location) if t not in live]
     for trial_id in removed:
         recorder.remove_trial(location, trial_id)
     return {"optuna_failed": failed, "partitions_removed": removed}
 
 
-def record_retried(study: optuna.Study, table, location: StudyLocation) -> list[int]:
+def record_retried(study: optuna.Study, table, metric: str) -> list[int]:
     """Trials that ended in ERROR (Optuna: FAIL) and were then retried by ``--resume`` to COMPLETED or PRUNED.
     Tune does not tell the searcher about a trial it restores after an error, and finished Optuna trials are
     immutable: the new outcome becomes a new Optuna trial with the same parameters, the study trial's id and
-    ``retry_of`` = the failed one's number, so the sampler learns it and `study.verify` pairs them."""
+    ``retry_of`` = the failed one's number, so the sampler learns it and `study.verify` pairs them. ``metric``:
+    the space's objective (its value is the table's ``final_<metric>``)."""
     if table is None:
         return []
-    metric = location.read_json(location.join("study.json")).get("metric")
     by_tune: dict[str, list] = {}
     for trial in study.get_trials(deepcopy=False):
         by_tune.setdefault(trial.user_attrs.get(TUNE_ID_ATTR), []).append(trial)
