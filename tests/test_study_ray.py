@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -22,79 +21,9 @@ import pytest
 
 from study import optuna_store, recorder
 from study.layout import StudyLocation
+from study_processes import REPO, Studies, driver_env, kill_session, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-class Driver:
-    """A ``python -m study.run`` process in its own session, its output in a file."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.log = log
-        self.handle = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=REPO, env=_env(),
-                                     stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self.handle.close()
-
-    def resume_command(self) -> list[str]:
-        match = re.search(r"^\s+(python -m study\.run .*--resume.*)$", self.output, re.MULTILINE)
-        assert match, f"no resume command printed:\n{self.output[-3000:]}"
-        return shlex.split(match.group(1))[3:]  # drop "python -m study.run"
-
-    def end_session(self) -> None:
-        """Kill every process left in this driver's session (Ray agents survive a SIGKILLed driver)."""
-        end_session(self.proc.pid)
-
-
-def end_session(sid: int) -> None:
-    for _ in range(3):
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(entry))
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-
-
-def _wait_until(predicate, timeout: float, what: str, driver: Driver | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if driver is not None and driver.proc.poll() is not None:
-            raise AssertionError(f"driver exited ({driver.proc.returncode}) while waiting for {what}:\n"
-                                 f"{driver.output[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _statuses(study_dir: Path) -> dict[str, str]:
@@ -133,13 +62,13 @@ def _assert_complete_study(study_dir: Path, trials: int, epochs: int) -> None:
 def smoke_study(tmp_path_factory):
     """The issue's acceptance run, probing the Ray dashboard while it runs."""
     root = tmp_path_factory.mktemp("smoke")
-    driver = Driver(["--space", "smoke", "--trials", "6", "--epochs", "5", "--name", "s1",
-                     "--results", str(root), "--checkpoint-every", "2"], root / "driver.log")
+    studies = Studies(root)
+    driver = studies.start("--space", "smoke", "--trials", "6", "--epochs", "5", "--name", "s1",
+                           "--results", str(root), "--checkpoint-every", "2")
     probe: dict[str, object] = {}
     try:
-        _wait_until(lambda: re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", driver.output), 120,
-                    "the dashboard URL", driver)
-        url = re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", driver.output).group(1)
+        url = wait_for(lambda: re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", driver.output()), 120,
+                       "the dashboard URL", driver).group(1)
         with urllib.request.urlopen(url + "/", timeout=10) as response:
             probe["page"] = response.status
         token = (Path.home() / ".ray" / "auth_token").read_text().strip() \
@@ -147,12 +76,10 @@ def smoke_study(tmp_path_factory):
         request = urllib.request.Request(url + "/api/version", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=10) as response:
             probe["api"] = json.loads(response.read())
-        probe["running"] = driver.proc.poll() is None
+        probe["running"] = driver.alive()
         probe["rc"] = driver.wait(timeout=400)
     finally:
-        if driver.proc.poll() is None:
-            os.killpg(driver.proc.pid, signal.SIGKILL)
-        driver.end_session()
+        studies.cleanup()
     return root / "s1", driver, probe
 
 
@@ -161,17 +88,17 @@ def test_dashboard_answers_on_loopback_while_the_study_runs(smoke_study):
     assert probe["running"] is True
     assert probe["page"] == 200
     assert "ray_version" in probe["api"]
-    assert "ray get-auth-token" in driver.output
+    assert "ray get-auth-token" in driver.output()
 
 
 def test_smoke_study_records_one_row_per_trial_and_epoch(smoke_study):
     study_dir, driver, probe = smoke_study
-    assert probe["rc"] == 0, driver.output[-3000:]
+    assert probe["rc"] == 0, driver.output()[-3000:]
     _assert_complete_study(study_dir, trials=6, epochs=5)
-    assert "python -m analysis.report" in driver.output
+    assert "python -m analysis.report" in driver.output()
     record = json.loads((study_dir / "study.json").read_text())
     assert record["arguments"]["trials"] == 6 and record["schema_version"] == 1 and "ray" in record["versions"]
-    status = subprocess.run([sys.executable, "-m", "study.status", str(study_dir)], cwd=REPO, env=_env(),
+    status = subprocess.run([sys.executable, "-m", "study.status", str(study_dir)], cwd=REPO, env=driver_env(),
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "6 completed" in status.stdout and "30 epoch rows" in status.stdout
 
@@ -198,11 +125,12 @@ def test_interrupted_study_resumes_to_exactly_the_requested_trials(tmp_path, sig
     # it PENDING for its whole run (fixed in TrialsTableWriter.on_trial_start).
     trials, epochs = 3, 24
     study_dir = tmp_path / "k"
-    driver = Driver(["--space", "smoke", "--trials", str(trials), "--epochs", str(epochs), "--name", "k",
-                     "--results", str(tmp_path), "--checkpoint-every", "2"], tmp_path / "first.log")
+    studies = Studies(tmp_path)
+    driver = studies.start("--space", "smoke", "--trials", str(trials), "--epochs", str(epochs), "--name", "k",
+                           "--results", str(tmp_path), "--checkpoint-every", "2")
     try:
-        _wait_until(lambda: _running_with_checkpoint(study_dir, epochs), 300,
-                    "a finished and a checkpointed trial", driver)
+        wait_for(lambda: _running_with_checkpoint(study_dir, epochs), 300, "a finished and a checkpointed trial",
+                 driver)
         continuing = _running_with_checkpoint(study_dir, epochs)
         time.sleep(0.3)  # let the driver register that checkpoint (Tune persists it before reporting it)
         if sig == signal.SIGKILL:
@@ -210,26 +138,24 @@ def test_interrupted_study_resumes_to_exactly_the_requested_trials(tmp_path, sig
             driver.wait(timeout=30)
         else:
             os.kill(driver.proc.pid, signal.SIGINT)
-            assert driver.wait(timeout=120) == 130, driver.output[-3000:]
-            assert "Study interrupted" in driver.output
+            assert driver.wait(timeout=120) == 130, driver.output()[-3000:]
+            assert "Study interrupted" in driver.output()
     finally:
-        if driver.proc.poll() is None:
-            os.killpg(driver.proc.pid, signal.SIGKILL)
-        driver.end_session()
+        driver.kill_group()
     finished_before = {t for t, s in _statuses(study_dir).items() if s == "COMPLETED"}
     parts_before = recorder.list_parts(StudyLocation.open(str(tmp_path), "k"), continuing)
     stored_before = parts_before[-1][1] + 1 if parts_before else 0
     args = driver.resume_command()
     assert "--resume" in args
-    plan = subprocess.run([sys.executable, "-m", "study.run", *args, "--dry-run"], cwd=REPO, env=_env(),
+    plan = subprocess.run([sys.executable, "-m", "study.run", *args, "--dry-run"], cwd=REPO, env=driver_env(),
                           capture_output=True, text=True, timeout=120)
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert f"{continuing}" in plan.stdout and "skip" in plan.stdout
-    second = Driver(args, tmp_path / "second.log")
+    second = studies.start(*args)
     try:
-        assert second.wait(timeout=400) == 0, second.output[-3000:]
+        assert second.wait(timeout=400) == 0, second.output()[-3000:]
     finally:
-        second.end_session()
+        second.kill_group()
     _assert_complete_study(study_dir, trials=trials, epochs=epochs)
     assert finished_before <= set(_statuses(study_dir))
     if continuing not in _statuses(study_dir):
@@ -268,20 +194,19 @@ def test_study_joins_an_existing_cluster_through_address(tmp_path):
     head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}",
                              "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                              f"--dashboard-port={_free_port()}", "--num-cpus=2"],
-                            cwd=REPO, env=_env(), stdout=open(tmp_path / "head.log", "wb"),
+                            cwd=REPO, env=driver_env(), stdout=open(tmp_path / "head.log", "wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_until(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(errors="replace"), 120,
-                    "the Ray head")
-        driver = Driver(["--space", "smoke", "--trials", "2", "--epochs", "2", "--name", "c",
-                         "--results", f"file://{tmp_path}/shared", "--address", f"127.0.0.1:{port}"],
-                        tmp_path / "driver.log")
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(errors="replace"), 120,
+                 "the Ray head")
+        driver = Studies(tmp_path).start("--space", "smoke", "--trials", "2", "--epochs", "2", "--name", "c",
+                                         "--results", f"file://{tmp_path}/shared", "--address", f"127.0.0.1:{port}")
         try:
-            assert driver.wait(timeout=400) == 0, driver.output[-3000:]
+            assert driver.wait(timeout=400) == 0, driver.output()[-3000:]
         finally:
-            driver.end_session()
+            driver.kill_group()
         assert "--address" in driver.resume_command()
-        assert f"Running on (joined) the Ray cluster at 127.0.0.1:{port}" in driver.output
+        assert f"Running on (joined) the Ray cluster at 127.0.0.1:{port}" in driver.output()
         _assert_complete_study(tmp_path / "shared" / "c", trials=2, epochs=2)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
@@ -289,4 +214,4 @@ def test_study_joins_an_existing_cluster_through_address(tmp_path):
             head.wait(timeout=20)
         except subprocess.TimeoutExpired:
             pass
-        end_session(head.pid)
+        kill_session(head.pid)

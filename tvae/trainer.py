@@ -515,8 +515,7 @@ class TernaryRun:
         return recon + kl + radial, torch.stack([recon, kl, zero, zero, zero, radial, zero, zero, zero])
 
     def _structure_inputs(self, phase: str) -> dict[str, torch.Tensor]:
-        cfg, dev = self.cfg, self.device
-        L = cfg.loss
+        L = self.cfg.loss
         batches = self.sampler.epoch_batches()                       # (S, B)
         S, B = batches.shape
         flat = batches.reshape(-1)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]       # chaoslib, and tests/study_processes.py
 
-from chaoslib import Studies  # noqa: E402
+from study_processes import Studies  # noqa: E402
 
 
 @pytest.fixture

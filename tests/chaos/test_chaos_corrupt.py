@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from chaoslib import (STARTUP_TIMEOUT, Studies, assert_invariants, attempt_markers, checkpoints, part_files,
-                      snapshot, trials_rows, wait_for)
+from chaoslib import assert_invariants, attempt_markers, checkpoints, part_files, snapshot, trials_rows
+from study_processes import REPO, STARTUP_TIMEOUT, Studies, driver_env, wait_for
 from study.verify import verify
 
 EXIT_USAGE = 2
@@ -50,8 +50,7 @@ def _status(studies_root, study_dir):
     import subprocess
     import sys
 
-    from chaoslib import REPO, _env
-    return subprocess.run([sys.executable, "-m", "study.status", str(study_dir)], cwd=REPO, env=_env(),
+    return subprocess.run([sys.executable, "-m", "study.status", str(study_dir)], cwd=REPO, env=driver_env(),
                           capture_output=True, text=True, timeout=300)
 
 

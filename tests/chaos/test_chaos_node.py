@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from chaoslib import STARTUP_TIMEOUT, assert_invariants, attempt_markers, part_files, trials_rows, wait_for
+from chaoslib import assert_invariants, attempt_markers, part_files, trials_rows
+from study_processes import STARTUP_TIMEOUT, wait_for
 
 
 @pytest.fixture

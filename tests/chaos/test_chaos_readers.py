@@ -9,12 +9,13 @@ import sys
 
 import pytest
 
-from chaoslib import REPO, STARTUP_TIMEOUT, _env, assert_invariants, part_files, wait_for
+from chaoslib import assert_invariants, part_files
+from study_processes import REPO, STARTUP_TIMEOUT, driver_env, wait_for
 from study.verify import verify
 
 
 def _tool(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=_env(), capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=driver_env(), capture_output=True, text=True,
                           timeout=300)
 
 

@@ -9,7 +9,7 @@ import sys
 import optuna
 import pytest
 
-from chaoslib import REPO, _env
+from study_processes import REPO, driver_env
 from study import recorder, trials_table
 from study.config import StudyConfig
 from study.layout import StudyLocation
@@ -59,7 +59,7 @@ def test_a_consistent_study_passes_and_the_cli_exits_zero(study):
     location, _, _ = study
     assert verify(location.display, complete=True).ok
     out = subprocess.run([sys.executable, "-m", "study.verify", location.display, "--complete"], cwd=REPO,
-                         env=_env(), capture_output=True, text=True, timeout=120)
+                         env=driver_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "all invariants hold" in out.stdout, out.stdout + out.stderr
 
 
@@ -85,7 +85,7 @@ def test_each_violation_is_found_and_named(study):
     assert "is still RUNNING in a finished study (a zombie)" in text
     assert {"epochs", "params", "optuna"} <= report.violated()
     out = subprocess.run([sys.executable, "-m", "study.verify", location.display, "--complete"], cwd=REPO,
-                         env=_env(), capture_output=True, text=True, timeout=120)
+                         env=driver_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "VIOLATED [epochs]" in out.stdout
 
 
@@ -119,6 +119,6 @@ def test_torn_files_are_named_and_a_missing_study_is_an_error(study, tmp_path):
     text = verify(location.display).text()
     assert f"epoch part {path}" in text and "unreadable" in text
     assert "trials.parquet is unreadable" in text
-    out = subprocess.run([sys.executable, "-m", "study.verify", str(tmp_path / "nothing")], cwd=REPO, env=_env(),
+    out = subprocess.run([sys.executable, "-m", "study.verify", str(tmp_path / "nothing")], cwd=REPO, env=driver_env(),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no study at" in out.stderr
