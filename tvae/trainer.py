@@ -211,10 +211,9 @@ class TernaryRun:
         a = cfg.loss.a_path_weight
         self.path_weights = torch.tensor([a, 1.0] if a != 0.0 else [1.0], device=dev)
         self.radius_weights = {phase: self._make_radius_weights(phase) for phase in ("structure", "geometry")}
-        self.metrics_on_device = ex.device_metrics
-        self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1, dev, self.metrics_on_device)}
+        self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1, dev, ex.device_metrics)}
         if len(self.split.heldout):
-            self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev, self.metrics_on_device)
+            self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev, ex.device_metrics)
 
         # --- model, optimiser, homeostasis (seeded by the trial seed)
         torch.manual_seed(cfg.seed)
@@ -642,7 +641,7 @@ class TernaryRun:
     def _evaluate(self, phase: str) -> dict[str, float]:
         self.model.eval()
         with torch.inference_mode():
-            if self.metrics_on_device:
+            if self.execution.device_metrics:
                 return self._evaluate_on_device(phase)
             return self._evaluate_on_host(phase)
 
