@@ -152,7 +152,7 @@ def _resumed_config(given: dict[str, Any], location, sets: dict[str, Any]):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = _given(args)
-    from study.layout import SCHEMA_VERSION, STUDY_JSON, StudyLocation
+    from study.layout import STUDY_JSON, StudyLocation
 
     try:
         if args.resume:

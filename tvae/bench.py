@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="GPU: run the steps eagerly instead of replaying one CUDA graph per epoch")
     p.add_argument("--single-stream", action="store_true",
-                   help="GPU: run the A and B paths of a step on one stream (default: two, see TernaryRun)")
+                   help="GPU: run the A and B paths of a step on one stream (default: two; tvae.execution)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each step's loss (compiles once per phase: the 'max' column shows it)")
     p.add_argument("--whole-run", action="store_true",
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     graphs = run.graphs is not None
     print(f"tvae.bench  preset={args.preset} device={args.device} threads={args.threads} "
           f"timed epochs={len(rows)}{' (whole run)' if args.whole_run else ''} load={os.getloadavg()[0]:.2f}"
-          + (f" cuda_graphs={graphs} streams={2 if run.execution.two_streams else 1}" if args.device == "cuda" else "") + (" compile=True" if args.compile else ""))
+          + (f" cuda_graphs={graphs} streams={2 if run.execution.two_streams else 1}" if args.device == "cuda" else "")
+          + (" compile=True" if args.compile else ""))
     if graphs:
         print("the first epoch of each phase runs eagerly and captures the graph (its time: the 'max' column)")
     print("wall-clock medians (s); cpu = process CPU time, a check when the machine is loaded")

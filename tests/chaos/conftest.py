@@ -14,7 +14,7 @@ from study_processes import Studies  # noqa: E402
 
 @pytest.fixture
 def studies(tmp_path):
-    """Starts `study.run` drivers for one test and kills every process group it started afterwards."""
+    """Starts `study.run` drivers for one test and afterwards kills every process of their sessions."""
     manager = Studies(tmp_path)
     yield manager
     manager.cleanup()
