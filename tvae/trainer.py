@@ -1,6 +1,6 @@
 """The TernaryVAE trainer: one `TernaryRun` trains epoch by epoch and returns the epoch row.
 
-Phases (SPEC §3.3): coverage [0, e1) -> structure [e1, e2) -> geometry [e2, end). Implements the `Run`
+Phases (docs/design.md): coverage [0, e1) -> structure [e1, e2) -> geometry [e2, end). Implements the `Run`
 protocol of `tvae.tasks` through `make_run` and `load_run`.
 """
 from __future__ import annotations
@@ -157,6 +157,37 @@ def _split_row(split: str, m: dict[str, float]) -> dict[str, float]:
     """A split's DEVICE_METRICS values as row entries ``<split>_<metric>``, with Q derived from them."""
     m = m | {"Q": metrics.q_value(m["dist_corr"], m["hierarchy_B"])}
     return {f"{split}_{name}": m[name] for name in SPLIT_METRICS}
+
+
+def host_metrics(evals: Mapping[str, _SplitEval], train_ops: torch.Tensor, mu_B: torch.Tensor, z_B: torch.Tensor,
+                 r_A: torch.Tensor, r_B: torch.Tensor, correct: torch.Tensor, c: torch.Tensor) -> dict[str, float]:
+    """Every split's metrics (``<split>_<metric>``) and ``erank_B`` of one model's embeddings of all operations,
+    computed in numpy (`tvae.metrics`)."""
+    pair_d = {split: distance(z_B[ev.pi_t], z_B[ev.pj_t], c).cpu().numpy()
+              for split, ev in evals.items() if ev.pi is not None}
+    train_mu_B = mu_B[train_ops]
+    gram = (train_mu_B.T @ train_mu_B).cpu().numpy()
+    r_A, r_B = r_A.cpu().numpy(), r_B.cpu().numpy()
+    correct = correct.cpu().numpy()
+    out: dict[str, float] = {}
+    for split, ev in evals.items():
+        ops, v = ev.ops, ev.v
+        ra, rb = r_A[ops], r_B[ops]
+        m = {
+            "coverage": float(correct[ops].mean()),
+            "hierarchy_A": metrics.hierarchy(ra, v),
+            "hierarchy_B": metrics.hierarchy(rb, v),
+            "richness_A": metrics.richness(ra, v),
+            "richness_B": metrics.richness(rb, v),
+            "dist_corr": ev.dist(rb) if ev.dist is not None else float("nan"),
+            "padic_dist_corr": (metrics.padic_dist_corr(pair_d[split], ev.padic_codes)
+                                if split in pair_d else float("nan")),
+            "r_v0": metrics.level_mean(rb, v, 0),
+            "r_v9": metrics.level_mean(rb, v, 9),
+        }
+        out.update(_split_row(split, m))
+    out["erank_B"] = metrics.effective_rank_from_gram(gram)
+    return out
 
 
 def aligned_steps(t: torch.Tensor) -> torch.Tensor:
@@ -673,34 +704,10 @@ class TernaryRun:
         return out
 
     def _evaluate_on_host(self, phase: str) -> dict[str, float]:
-        """CPU: the embeddings in torch, the metrics in numpy (`tvae.metrics`)."""
+        """CPU: the embeddings in torch, the metrics in numpy (`host_metrics`)."""
         c = self.model.curvature()
         mu_B, z_B, r_A, r_B, correct = self._embed_all(phase, c, self._frozen_mu(phase))
-        pair_d = {split: distance(z_B[ev.pi_t], z_B[ev.pj_t], c).cpu().numpy()
-                  for split, ev in self.evals.items() if ev.pi is not None}
-        train_mu_B = mu_B[self.train_ops]
-        gram = (train_mu_B.T @ train_mu_B).cpu().numpy()
-        r_A, r_B = r_A.cpu().numpy(), r_B.cpu().numpy()
-        correct = correct.cpu().numpy()
-        out: dict[str, float] = {}
-        for split, ev in self.evals.items():
-            ops, v = ev.ops, ev.v
-            ra, rb = r_A[ops], r_B[ops]
-            m = {
-                "coverage": float(correct[ops].mean()),
-                "hierarchy_A": metrics.hierarchy(ra, v),
-                "hierarchy_B": metrics.hierarchy(rb, v),
-                "richness_A": metrics.richness(ra, v),
-                "richness_B": metrics.richness(rb, v),
-                "dist_corr": ev.dist(rb) if ev.dist is not None else float("nan"),
-                "padic_dist_corr": (metrics.padic_dist_corr(pair_d[split], ev.padic_codes)
-                                    if split in pair_d else float("nan")),
-                "r_v0": metrics.level_mean(rb, v, 0),
-                "r_v9": metrics.level_mean(rb, v, 9),
-            }
-            out.update(_split_row(split, m))
-        out["erank_B"] = metrics.effective_rank_from_gram(gram)
-        return out
+        return host_metrics(self.evals, self.train_ops, mu_B, z_B, r_A, r_B, correct, c)
 
     # ------------------------------------------------------------------ bests, summary, save
     def _update_bests(self, row: dict[str, Any]) -> None:
