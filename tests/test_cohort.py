@@ -1,0 +1,174 @@
+"""The cohort engine (tvae.cohort): members train as they would alone, diverge alone, resume exactly."""
+import math
+
+import pytest
+import torch
+
+from tvae import config as config_mod
+from tvae.cohort import Cohort, Status, check_compatible, group
+from tvae.cohort.randomness import box_muller, keep_multipliers
+
+# the tiny preset through all three phases: coverage [0, 4), structure [4, 8), geometry [8, 12)
+PHASES = {"phases.structure_start": 4, "phases.geometry_start": 8}
+
+
+def cfg(seed=0, epochs=12, **overrides):
+    return config_mod.build("tiny", overrides=PHASES | overrides, epochs=epochs, seed=seed)
+
+
+def numbers(row):
+    return {k: v for k, v in row.items() if k not in ("epoch_seconds", "wall_time")}
+
+
+# Rank correlations (dist_corr, padic_dist_corr, and Q built on dist_corr) are step functions of the embedding:
+# a rounding-level difference (a batched kernel splits its vector lanes differently) can reorder a nearly tied
+# pair, so they are compared to 1e-4 absolute; every other number to 1e-4 relative.
+RANKED = ("dist_corr", "_Q")
+
+
+def assert_rows_close(a, b, rel=1e-4):
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, float) and not (math.isnan(x) and math.isnan(y)):
+            tol = dict(abs=1e-4, rel=0) if key.endswith(RANKED) else dict(rel=rel, abs=1e-9)
+            assert x == pytest.approx(y, **tol), f"{key}: {x} vs {y}"
+        elif not isinstance(x, float):
+            assert x == y, f"{key}: {x} vs {y}"
+
+
+# members that differ in everything a study searches that changes the steps: seed, learning rates, training
+# fraction (so a different number of steps per epoch), loss weights, weight decay, phase epochs
+MEMBERS = [
+    dict(seed=0),
+    dict(seed=1, **{"optim.lr": 2e-3, "data.train_fraction": 0.6, "loss.rich.hierarchy_weight": 2.0,
+                    "phases.structure_start": 3, "optim.weight_decay": 1e-2, "schedule.kind": "cosine"}),
+    dict(seed=2, **{"loss.rank.weight": 1.0, "optim.max_grad_norm": 0.5}),
+]
+
+
+@pytest.fixture(scope="module")
+def cohort_rows():
+    """Twelve epochs of the three members trained as one cohort: {member: [rows]}."""
+    cohort = Cohort([cfg(**m) for m in MEMBERS])
+    out = {k: [] for k in range(len(MEMBERS))}
+    while cohort.active:
+        for k, row in cohort.train_epoch().items():
+            out[k].append(numbers(row))
+    return out
+
+
+def same(a, b):
+    """Rows equal bit for bit (NaN equal to NaN)."""
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+@pytest.mark.slow
+def test_a_member_gives_the_same_rows_alone_and_in_a_cohort(cohort_rows):
+    k = 1     # its own seed, learning rate, schedule, weight decay, training fraction (fewer steps), phase epochs
+    alone = Cohort([cfg(**MEMBERS[k])])
+    rows = [numbers(alone.train_epoch()[0]) for _ in range(12)]
+    assert [r["phase"] for r in rows] == [r["phase"] for r in cohort_rows[k]]
+    assert {"coverage", "structure", "geometry"} <= {r["phase"] for r in rows}
+    for a, b in zip(rows, cohort_rows[k]):
+        assert_rows_close(a, b)
+
+
+def test_members_really_differ(cohort_rows):
+    """The comparison above could not pass by all members computing the same thing."""
+    a, b = cohort_rows[0][5], cohort_rows[1][5]
+    assert a["loss"] != b["loss"] and a["lr"] != b["lr"]
+    assert "heldout_Q" in b and "heldout_Q" not in a
+    assert cohort_rows[1][3]["phase"] == "structure" and cohort_rows[0][3]["phase"] == "coverage"
+
+
+def test_a_diverging_member_stops_and_the_others_go_on():
+    configs = [cfg(seed=0, epochs=2), cfg(seed=1, epochs=2, **{"coverage.lr": 1e30}), cfg(seed=2, epochs=2)]
+    cohort = Cohort(configs)
+    first = cohort.train_epoch()
+    assert cohort.members[1].status == Status.DIVERGED and 1 not in first
+    assert cohort.members[1].error.startswith("epoch 0: loss term")
+    rest = [cohort.train_epoch()]
+    assert sorted(rest[0]) == [0, 2]
+    alone = Cohort([cfg(seed=2, epochs=2)])
+    alone_rows = [numbers(alone.train_epoch()[0]) for _ in range(2)]
+    for a, b in zip(alone_rows, [first[2]] + [r[2] for r in rest]):
+        assert_rows_close(a, numbers(b))
+    assert not cohort.active and cohort.members[0].status == Status.FINISHED
+
+
+def test_a_cohort_resumes_exactly_and_a_member_resumes_alone(tmp_path):
+    configs = [cfg(seed=s, epochs=4, **({"data.train_fraction": 0.7, "phases.structure_start": 2} if s else {}))
+               for s in (0, 1)]
+    straight = Cohort(configs)
+    expected = [{k: numbers(r) for k, r in straight.train_epoch().items()} for _ in range(4)]
+    first = Cohort(configs)
+    for _ in range(2):
+        first.train_epoch()
+    first.save(tmp_path / "cohort.pt")
+    member1 = first.member_state(1)
+    resumed = Cohort.load(tmp_path / "cohort.pt")
+    got = [{k: numbers(r) for k, r in resumed.train_epoch().items()} for _ in range(2)]
+    assert all(same(g[k], e[k]) for g, e in zip(got, expected[2:]) for k in (0, 1))      # bit for bit
+    alone = Cohort.from_member_states([member1])
+    for e in range(2, 4):
+        assert_rows_close(numbers(alone.train_epoch()[0]), expected[e][1])
+
+
+def test_members_that_differ_in_shape_cannot_share_a_cohort():
+    with pytest.raises(ValueError, match="model.encoder"):
+        check_compatible([cfg(), cfg(**{"model.encoder": "improved"})])
+    assert group([cfg(), cfg(**{"model.encoder": "improved"}), cfg(seed=3)]) == [[0, 2], [1]]
+
+
+def test_step_random_numbers_follow_their_definitions():
+    g = torch.Generator().manual_seed(0)
+    bits = torch.empty(200_000, dtype=torch.int16).random_(-2 ** 15, 2 ** 15, generator=g)
+    m = keep_multipliers(bits, 0.1)
+    values = m.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(65536 / (65536 - 6554))
+    assert (m == 0).float().mean().item() == pytest.approx(0.1, abs=0.005)
+    pairs = torch.empty(100_000, 2, dtype=torch.int32).random_(-2 ** 31, 2 ** 31 - 1, generator=g)
+    z = box_muller(pairs)
+    assert torch.isfinite(z).all()
+    assert z.mean().item() == pytest.approx(0.0, abs=0.02) and z.std().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_train_cli_writes_a_directory_per_member_and_resumes(tmp_path):
+    from tvae import train
+
+    out = tmp_path / "co"
+    argv = ["--preset", "tiny", "--epochs", "2", "--seeds", "0,1", "--vary", "loss.rank.weight=0.5,1.0",
+            "--set", "phases.structure_start=1", "--set", "phases.geometry_start=2", "--out", str(out), "--quiet"]
+    assert train.main(argv) == 0
+    import json
+
+    import pyarrow.parquet as pq
+
+    members = json.loads((out / "members.json").read_text())
+    assert [(m["seed"], m["overrides"]) for m in members] == [
+        (0, {"loss.rank.weight": 0.5}), (0, {"loss.rank.weight": 1.0}), (1, {"loss.rank.weight": 0.5}),
+        (1, {"loss.rank.weight": 1.0})]
+    for m in members:
+        d = out / m["directory"]
+        assert {p.name for p in d.iterdir()} == {"epochs.parquet", "final.json", "config.yaml", "checkpoints"}
+        assert pq.read_table(d / "epochs.parquet").column("epoch").to_pylist() == [0, 1]
+    assert train.main(["--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+    for m in members:
+        assert pq.read_table(out / m["directory"] / "epochs.parquet").column("epoch").to_pylist() == [0, 1, 2]
+        assert json.loads((out / m["directory"] / "final.json").read_text())["epochs_completed"] == 3
+    assert train.main(["--out", str(out), "--resume", "--seed", "4"]) == 2        # options belong to the checkpoint
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cohort_trains_on_cuda_as_on_the_cpu():
+    configs = [cfg(seed=s, epochs=2, **{"phases.structure_start": 1, "phases.geometry_start": 1}) for s in (0, 1)]
+    gpu = Cohort(configs, "cuda")
+    cpu = Cohort(configs, "cpu")
+    for _ in range(2):
+        g, c = gpu.train_epoch(), cpu.train_epoch()
+        for k in (0, 1):
+            assert g[k]["phase"] == c[k]["phase"] and math.isfinite(g[k]["loss"])
+            # the same numbers drawn per member; kernels differ, so the same scale, not the same bits
+            assert g[k]["loss"] == pytest.approx(c[k]["loss"], rel=0.05)

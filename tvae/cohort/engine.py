@@ -1,0 +1,624 @@
+"""The cohort trainer: K TernaryVAE runs (members) trained together in one process, every step of all of them
+computed by the same stacked operations (`tvae.cohort.stacked`).
+
+Per member, never shared: its configuration's searched values, its seed and random numbers
+(`tvae.cohort.randomness`), data order and batches, held-out split, Adam state and step counts, clipping norm,
+homeostasis decisions, divergence and checkpoint slice. Members in the same phase with the same encoders
+frozen train as one *group*: the group's steps run over the stacked parameters of its members; members of
+another phase or frozen state form another group in the same epoch. A member whose epoch has fewer steps (a
+smaller training split) sits out the group's remaining steps (no update).
+
+An epoch reads: groups -> for each group: inputs -> steps -> (scatter back) -> checks -> evaluation -> rows ->
+homeostasis.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tvae import checkpoint, config as config_mod, data, radius_terms
+from tvae.cohort import losses
+from tvae.cohort.adam import CohortAdam
+from tvae.cohort.evaluation import MEMBERS_PER_PASS, embed_all
+from tvae.cohort.members import check_compatible
+from tvae.cohort.randomness import Site, StepRandom
+from tvae.cohort.stacked import MODULES, Layout, StackedTernaryVAE
+from tvae.config import Config
+from tvae.geometry import radius
+from tvae.homeostasis import Homeostasis
+from tvae.losses import level_targets
+from tvae.schedules import cosine, lr_factor
+from tvae.trainer import BEST_DIRECTION, TERMS, _SplitEval, host_metrics, phase_of
+
+COHORT_VERSION = 1
+CHECKPOINT_FILE = "cohort.pt"
+
+
+class Status:
+    """A member's state in its cohort (the words `tvae.train` and the study write)."""
+    RUNNING = "running"
+    FINISHED = "finished"
+    DIVERGED = "diverged"
+    STOPPED = "stopped"          # stopped from outside (early stopping)
+
+
+def module_rates(cfg: Config, epoch: int, phase: str) -> tuple[float, dict[str, float], float]:
+    """(base learning rate, each module's learning rate, weight decay) of ``epoch`` (the single run's rule:
+    the coverage phase has its own cosine decay over [0, e1); the main schedule counts from e1)."""
+    o, e1 = cfg.optim, cfg.phases.structure_start
+    if phase == "coverage":
+        base = cfg.coverage.lr * cosine(epoch, e1, cfg.coverage.min_lr_scale)
+        scales = {"encoder_A": 1.0, "proj_A": 1.0, "decoder": o.lr_scale_decoder}
+        weight_decay = cfg.coverage.weight_decay
+    else:
+        base = o.lr * lr_factor(cfg.schedule, epoch - e1, cfg.epochs - e1)
+        scales = {"encoder_A": o.lr_scale_encoder_A, "encoder_B": o.lr_scale_encoder_B,
+                  "proj_A": o.lr_scale_projections, "proj_B": o.lr_scale_projections}
+        weight_decay = o.weight_decay
+    return base, {m: base * scales.get(m, 0.0) for m in MODULES}, weight_decay
+
+
+def trainable_modules(phase: str, frozen: dict[str, bool]) -> list[str]:
+    if phase == "coverage":
+        return ["encoder_A", "proj_A", "decoder"]
+    return [m for m in ("encoder_A", "encoder_B") if not frozen[m]] + ["proj_A", "proj_B"]
+
+
+@dataclass
+class Member:
+    """One run inside a cohort: its configuration and everything of it that is not a stacked tensor."""
+    cfg: Config
+    split: data.Split
+    sampler: data.StratifiedSampler
+    train_ops: torch.Tensor
+    evals: dict[str, _SplitEval]
+    sep: torch.Tensor                 # (9, 10) rows e_hi - e_lo of consecutive present levels, zero-padded
+    sep_valid: torch.Tensor           # (9,)
+    gen: torch.Generator
+    homeostasis: Homeostasis
+    epoch: int = 0
+    status: str = Status.RUNNING
+    error: str | None = None
+    r_orig: torch.Tensor | None = None
+    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    bests: dict[str, float] = field(default_factory=dict)
+    best_epochs: dict[str, int] = field(default_factory=dict)
+    last_row: dict[str, Any] | None = None
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.status == Status.RUNNING and self.epoch < self.cfg.epochs
+
+    def phase(self) -> str:
+        return phase_of(self.cfg, self.epoch)
+
+    def signature(self) -> tuple:
+        """What decides the computation of the member's steps: members with equal signatures share a group."""
+        phase = self.phase()
+        if phase == "coverage":
+            return (phase,)
+        return (phase, self.homeostasis.frozen["encoder_A"], self.homeostasis.frozen["encoder_B"])
+
+
+class Cohort:
+    """K members trained together. ``train_epoch()`` trains every active member's next epoch and returns
+    {member index: row}; a member that diverged this epoch has no row (its ``status`` and ``error`` say why)."""
+
+    def __init__(self, configs: Sequence[Config], device: str = "cpu"):
+        configs = list(configs)
+        check_compatible(configs)
+        for cfg in configs:
+            config_mod.validate(cfg)
+            if cfg.optim.optimizer != "adam":
+                raise ValueError(f"optim.optimizer={cfg.optim.optimizer!r}: the cohort engine trains with 'adam' only")
+        self.device = dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        cfg = configs[0]
+        self.shared = cfg                               # the members' shared keys are read from here
+        self.layout = Layout(cfg.model)
+        self.model = StackedTernaryVAE(cfg.model, self.layout)
+        raw = torch.tensor(math.log(math.expm1(cfg.model.curvature)), dtype=torch.float32)
+        self.c = F.softplus(raw).to(dev)                 # the single run's curvature(), fixed
+        self.trits = data.all_trits().to(dev)
+        self.classes = (self.trits + 1).long()
+        self.v = data.valuations().to(dev)
+        self.v_np = self.v.cpu().numpy()
+        self.pair_valuation = data.valuation_table().to(dev)
+        rad = cfg.loss.radial
+        self.targets = level_targets(rad.inner_radius, rad.outer_radius, device=dev)
+        zv = data.zero_valuation(self.trits)
+        self.zero_target = rad.outer_radius - zv.float() / 9 * (rad.outer_radius - rad.inner_radius)
+        self.zero_count = data.zero_count(self.trits).float()
+        self.radial_weights = 1.0 + torch.exp(rad.valuation_exponent * torch.arange(10, dtype=torch.float32, device=dev))
+        self.levels = radius_terms.Levels(self.targets, self.radial_weights,
+                                          torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        a = cfg.loss.a_path_weight
+        self.path_weights = torch.tensor([a, 1.0] if a != 0.0 else [1.0], device=dev)
+        self.use_zero = cfg.loss.zero.valuation_weight != 0.0 or cfg.loss.zero.sparsity_weight != 0.0
+        self.members = [self._member(c) for c in configs]
+        self.flat = torch.stack([self.layout.initial_row(c.model, c.seed) for c in configs]).to(dev)
+        self.adam = CohortAdam(len(configs), self.layout.n, self.layout.segments, dev)
+        self.timings: dict[str, float] = {}
+
+    def _member(self, cfg: Config) -> Member:
+        dev = self.device
+        split = data.stratified_split(cfg.data.train_fraction, cfg.data.split_seed)
+        sampler = data.StratifiedSampler(split.train, cfg.data.batch_size, cfg.data.high_v_budget_ratio,
+                                         cfg.data.high_v_min_level).to(dev)
+        evals = {"train": _SplitEval(split.train, self.v_np, cfg, 1, dev, False)}
+        if len(split.heldout):
+            evals["heldout"] = _SplitEval(split.heldout, self.v_np, cfg, 2, dev, False)
+        present = (sampler.draws_per_level > 0).nonzero().flatten()
+        lo, hi = present[:-1], present[1:]
+        eye = torch.eye(data.N_LEVELS)
+        sep = torch.zeros(data.N_LEVELS - 1, data.N_LEVELS)
+        sep[:len(lo)] = eye[hi] - eye[lo]
+        sep_valid = torch.zeros(data.N_LEVELS - 1)
+        sep_valid[:len(lo)] = 1.0
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(int(cfg.seed))
+        return Member(cfg=cfg, split=split, sampler=sampler, train_ops=split.train.to(dev), evals=evals,
+                      sep=sep.to(dev), sep_valid=sep_valid.to(dev), gen=gen,
+                      homeostasis=Homeostasis(cfg.homeostasis, start_epoch=cfg.phases.structure_start))
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def active(self) -> list[int]:
+        return [k for k, m in enumerate(self.members) if m.active]
+
+    def stop(self, k: int, reason: str = "stopped") -> None:
+        """Stop member ``k`` from outside (early stopping): it trains no further epochs."""
+        self.members[k].status = Status.STOPPED
+        self.members[k].error = reason
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self) -> dict[int, dict[str, Any]]:
+        """Train the next epoch of every active member; returns {member index: row}. Runs with subnormal floats
+        flushed to zero, as the single run does (tvae.trainer.TernaryRun.train_epoch)."""
+        active = self.active
+        if not active:
+            raise RuntimeError("no member of the cohort has epochs left to train")
+        t0, c0 = time.perf_counter(), time.process_time()
+        flushing = torch.set_flush_denormal(True)
+        try:
+            for k in active:
+                if self.members[k].phase() != "coverage" and self.members[k].r_orig is None:
+                    self._begin_structure(k)
+            before = self.flat[active].clone()
+            groups: dict[tuple, list[int]] = {}
+            for k in active:
+                groups.setdefault(self.members[k].signature(), []).append(k)
+            stats: dict[int, dict[str, Any]] = {}
+            for signature, idx in groups.items():
+                stats.update(self._train_group(idx, signature))
+            t_train, c_train = time.perf_counter(), time.process_time()
+            rows = self._finish(active, before, stats)
+        finally:
+            if flushing:
+                torch.set_flush_denormal(False)
+        seconds = time.perf_counter() - t0
+        self.timings = {"train_s": t_train - t0, "eval_s": time.perf_counter() - t_train,
+                        "train_cpu_s": c_train - c0, "eval_cpu_s": time.process_time() - c_train}
+        now = time.time()
+        for k, row in rows.items():
+            row["epoch_seconds"] = seconds
+            row["wall_time"] = now
+            self._update_bests(self.members[k], row)
+            self.members[k].last_row = row
+            self.members[k].epoch += 1
+            if self.members[k].epoch >= self.members[k].cfg.epochs:
+                self.members[k].status = Status.FINISHED
+        return rows
+
+    def _begin_structure(self, k: int) -> None:
+        """Member k leaves the coverage phase: encoder B and projection B start as copies of A; the reference
+        radii of z_B (the Euclidean norm of proj_B(mu_B), as upstream) are recorded."""
+        seg = self.layout.segments
+        for a_name, b_name in (("encoder_A", "encoder_B"), ("proj_A", "proj_B")):
+            (a0, a1), (b0, b1) = seg[a_name], seg[b_name]
+            self.flat[k, b0:b1] = self.flat[k, a0:a1]
+        params = self.layout.views(self.flat[k:k + 1])
+        with torch.inference_mode():
+            mu_B, _ = self.model.encoder("B", params, self.trits.unsqueeze(0), None)
+            self.members[k].r_orig = self.model.projection("B", params, mu_B, None)[0].norm(dim=-1).clone()
+        self.members[k].cache.clear()
+
+    def _frozen_outputs(self, idx: list[int], name: str, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of every operation from the frozen encoder ``name`` of members ``idx`` (eval mode), each
+        computed once while it stays frozen."""
+        missing = [i for i, k in enumerate(idx) if name not in self.members[k].cache]
+        if missing:
+            with torch.no_grad():
+                mu, lv = self.model.encoder(name[-1], params, self.trits.unsqueeze(0).expand(len(idx), *self.trits.shape), None)
+            for i in missing:
+                self.members[idx[i]].cache[name] = (mu[i].clone(), lv[i].clone())
+        return (torch.stack([self.members[k].cache[name][0] for k in idx]),
+                torch.stack([self.members[k].cache[name][1] for k in idx]))
+
+    def _train_group(self, idx: list[int], signature: tuple) -> dict[int, dict[str, Any]]:
+        """Train one epoch of the members ``idx`` that share ``signature``; returns each member's sums."""
+        phase = signature[0]
+        members = [self.members[k] for k in idx]
+        frozen = {"encoder_A": False, "encoder_B": True} if phase == "coverage" else members[0].homeostasis.frozen
+        modules = trainable_modules(phase, frozen)
+        whole = idx == list(range(len(self.members)))
+        flat = self.flat if whole else self.flat[idx]
+        adam = self.adam if whole else self.adam.rows(idx)
+        grad = torch.zeros_like(flat)
+        params = {}
+        for name, view in self.layout.views(flat).items():
+            slot = self.layout.slots[name]
+            p = view.detach()
+            if slot.module in modules:
+                p.requires_grad_(True)
+                p.grad = grad[:, slot.offset:slot.offset + slot.numel].view_as(view)   # autograd adds into it
+            params[name] = p
+        for m in members:   # an encoder that trains this epoch forgets its cached outputs
+            for name in ("encoder_A", "encoder_B"):
+                if name in modules or phase == "coverage":
+                    m.cache.pop(name, None)
+        rates = [module_rates(m.cfg, m.epoch, phase) for m in members]
+        if phase == "coverage":
+            inp, n_steps = self._coverage_inputs(members)
+        else:
+            cached = {name: self._frozen_outputs(idx, name, params) for name in ("encoder_A", "encoder_B")
+                      if frozen[name]}
+            inp, n_steps = self._structure_inputs(members, phase, cached)
+        w = self._weights(members, phase)
+        K = len(idx)
+        sites, rows = self._sites(phase, frozen, inp)
+        rnd = StepRandom(sites, rows, K, self.device)
+        max_norm = torch.tensor([m.cfg.optim.max_grad_norm for m in members], device=self.device)
+        sums = torch.zeros(K, len(TERMS), device=self.device)
+        grad_sum = torch.zeros(K, device=self.device)
+        S = max(n_steps)
+        for s in range(S):
+            live = [i for i in range(K) if s < n_steps[i]]
+            act = torch.tensor([float(s < n) for n in n_steps], device=self.device)
+            rnd.draw([members[i].gen if s < n_steps[i] else None for i in range(K)])
+            step = {name: value[:, s] for name, value in inp["steps"].items()}
+            if phase == "coverage":
+                loss, terms = self._coverage_loss(params, step, inp, w, rnd)
+            else:
+                loss, terms = self._structure_loss(params, step, phase, w, rnd)
+            rnd.done()
+            grad.zero_()
+            with warnings.catch_warnings():   # the gradient views are strided across members, by design
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                loss.sum().backward()
+            norm = torch.linalg.vector_norm(grad, dim=1)
+            grad.mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0).unsqueeze(1))
+            adam.step(flat, grad, live, [rates[i][1] for i in live], [rates[i][2] for i in live], modules)
+            sums += terms.detach() * act.unsqueeze(1)
+            grad_sum += norm * act
+        if not whole:
+            self.flat[idx] = flat
+            self.adam.put_rows(idx, adam)
+        sums_l, grad_l = sums.tolist(), grad_sum.tolist()
+        return {k: {"terms": [x / n_steps[i] for x in sums_l[i]], "grad_norm": grad_l[i] / n_steps[i],
+                    "lr": rates[i][0], "phase": phase, "modules": modules}
+                for i, k in enumerate(idx)}
+
+    # ------------------------------------------------------------------ inputs (drawn up front, per member)
+    def _pairs(self, gen: torch.Generator, n_steps: int, batch: int, n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random ordered pairs (i, j), i != j (j shifted by one where equal), for every step of the epoch."""
+        p = torch.randint(0, batch, (n_steps, 2, n_pairs), device=self.device, generator=gen)
+        i, j = p[:, 0], p[:, 1]
+        return i, torch.where(i == j, (j + 1) % batch, j)
+
+    @staticmethod
+    def _pad_steps(t: torch.Tensor, S: int) -> torch.Tensor:
+        """(n, ...) -> (S, ...) by repeating the last step (the inputs of steps a member sits out)."""
+        if len(t) == S:
+            return t
+        return torch.cat([t, t[-1:].expand(S - len(t), *t.shape[1:])])
+
+    def _stack_steps(self, per_member: list[dict[str, torch.Tensor]], n_steps: list[int]) -> dict[str, torch.Tensor]:
+        S = max(n_steps)
+        return {name: torch.stack([self._pad_steps(d[name], S) for d in per_member])
+                for name in per_member[0]}
+
+    def _coverage_inputs(self, members: list[Member]) -> tuple[dict[str, Any], list[int]]:
+        cfg = self.shared
+        bsz = cfg.coverage.batch_size
+        n_pairs = min(cfg.loss.radial.n_pairs, bsz * (bsz - 1) // 2)
+        per, n_steps = [], []
+        for m in members:
+            n = len(m.train_ops)
+            perm = m.train_ops[torch.randperm(n, device=self.device, generator=m.gen)]
+            S = -(-n // bsz)
+            pi, pj = self._pairs(m.gen, S, bsz, n_pairs)
+            pos = torch.arange(S * bsz, device=self.device)
+            idx = perm[pos % n].view(S, bsz)
+            length = (n - torch.arange(S, device=self.device) * bsz).clamp(max=bsz)      # valid rows per step
+            valid = (torch.arange(bsz, device=self.device) < length.unsqueeze(1)).float()
+            length = length.unsqueeze(1)
+            per.append({"idx": idx, "pi": pi % length, "pj": pj % length, "row_w": valid / length})
+            n_steps.append(S)
+        e1 = torch.tensor([m.cfg.phases.structure_start for m in members])
+        pull = [m.cfg.coverage.radial_weight * min(1.0, m.epoch / max(1, int(e) // 2)) for m, e in zip(members, e1)]
+        return {"steps": self._stack_steps(per, n_steps), "pull": torch.tensor(pull, device=self.device)}, n_steps
+
+    def _structure_inputs(self, members: list[Member], phase: str, cached: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                          ) -> tuple[dict[str, Any], list[int]]:
+        L = self.shared.loss
+        per, n_steps = [], []
+        for i, m in enumerate(members):
+            batches = m.sampler.epoch_batches(m.gen)                               # (S, B)
+            S, B = batches.shape
+            flat = batches.reshape(-1)
+            take = lambda t: t.index_select(0, flat).view(S, B, *t.shape[1:])  # noqa: E731
+            v_b = take(self.v)
+            onehot = F.one_hot(v_b, 10).float()
+            counts = onehot.sum(1)
+            n0 = take(self.zero_count)
+            d = {"x": take(self.trits), "cls": take(self.classes), "v": v_b, "onehot": onehot,
+                 "present": (counts > 0).float(), "var_levels": (counts > 1).float(), "r_orig": take(m.r_orig),
+                 "n0_std": (n0 - n0.mean(1, keepdim=True)) / (n0.std(1, keepdim=True) + 1e-8),
+                 "zero_t": take(self.zero_target)}
+            d["rad_i"], d["rad_j"] = self._pairs(m.gen, S, B, min(L.radial.n_pairs, B * (B - 1) // 2))
+            d["rank_i"], d["rank_j"] = self._pairs(m.gen, S, B, min(L.rank.n_pairs, B * (B - 1)))
+            consts = radius_terms.step_constants(v_b, onehot, counts, d["present"], d["var_levels"], d["r_orig"],
+                                                 d["rad_i"], d["rad_j"], d["rank_i"], d["rank_j"], self.levels,
+                                                 _delta_temperature(m.cfg))
+            d.update({k: consts[k] for k in ("t_v", "w_v", "rad_gap", "rad_w", "rank_w", "rank_s", "inv_counts",
+                                             "inv_counts1", "present_w", "var_w", "inv_var_orig")})
+            d["sep"] = m.sep.expand(S, *m.sep.shape)
+            d["sep_valid"] = m.sep_valid.expand(S, *m.sep_valid.shape)
+            if phase == "geometry":
+                gi, gj = self._pairs(m.gen, S, B, min(L.geodesic.n_pairs, B * (B - 1) // 2))
+                pv = self.pair_valuation[(torch.gather(batches, 1, gi) - torch.gather(batches, 1, gj)).abs()]
+                d["geo_i"], d["geo_j"] = gi, gj
+                d["geo_t"] = m.cfg.loss.geodesic.max_target_distance * torch.exp(-pv.float() / m.cfg.loss.geodesic.valuation_scale)
+            for name, (mu, lv) in cached.items():
+                d[f"mu_{name[-1]}"], d[f"lv_{name[-1]}"] = take(mu[i]), take(lv[i])
+            per.append(d)
+            n_steps.append(S)
+        return {"steps": self._stack_steps(per, n_steps)}, n_steps
+
+    def _weights(self, members: list[Member], phase: str) -> dict[str, torch.Tensor]:
+        """Each member's loss scalars as (K,) tensors."""
+        def col(fn) -> torch.Tensor:
+            return torch.tensor([float(fn(m.cfg)) for m in members], device=self.device)
+
+        factor = 0.5 if phase == "geometry" else 1.0
+        return {
+            "recon": col(lambda c: c.coverage.recon_weight), "beta": col(lambda c: c.coverage.beta),
+            "free_bits": col(lambda c: c.coverage.free_bits),
+            "coverage": col(lambda c: c.loss.rich.coverage_weight),
+            "hierarchy": col(lambda c: c.loss.rich.hierarchy_weight), "richness": col(lambda c: c.loss.rich.richness_weight),
+            "separation": col(lambda c: c.loss.rich.separation_weight),
+            "min_richness_ratio": col(lambda c: c.loss.rich.min_richness_ratio),
+            "separation_margin": col(lambda c: c.loss.rich.separation_margin),
+            "radial": col(lambda c: c.loss.radial.weight * factor), "margin_weight": col(lambda c: c.loss.radial.margin_weight),
+            "rank": col(lambda c: c.loss.rank.weight), "geodesic": col(lambda c: c.loss.geodesic.weight),
+            "zero_valuation": col(lambda c: c.loss.zero.valuation_weight),
+            "zero_sparsity": col(lambda c: c.loss.zero.sparsity_weight),
+            "zero_target_correlation": col(lambda c: c.loss.zero.target_correlation),
+        }
+
+    def _sites(self, phase: str, frozen: dict[str, bool], inp: dict[str, Any]) -> tuple[list[Site], int]:
+        """The random draws of one step, in the order the step's forward pass takes them."""
+        model, d = self.model, self.shared.model.latent_dim
+        enc = [Site("mask", w, model.dropout["encoder"]) for w in model.mask_widths("encoder")]
+        proj = [Site("mask", w, model.dropout["projection"]) for w in model.mask_widths("projection")]
+        noise = [Site("normal", d)]
+        if phase == "coverage":
+            dec = [Site("mask", w, model.dropout["decoder"]) for w in model.mask_widths("decoder")]
+            return enc + noise + proj + dec, inp["steps"]["idx"].shape[2]
+        sites: list[Site] = []
+        for name in ("encoder_A", "encoder_B"):
+            sites += ([] if frozen[name] else enc) + noise + proj
+        return sites, inp["steps"]["x"].shape[2]
+
+    # ------------------------------------------------------------------ losses of one step (all members)
+    def _masks(self, part: str, rnd: StepRandom):
+        return rnd.take if self.model.dropout[part] > 0.0 else None
+
+    def _coverage_loss(self, params, step, inp, w, rnd: StepRandom) -> tuple[torch.Tensor, torch.Tensor]:
+        model, c = self.model, self.c
+        idx, row_w = step["idx"], step["row_w"]
+        x, cls, v = self.trits[idx], self.classes[idx], self.v[idx]
+        mu, logvar = model.encoder("A", params, x, self._masks("encoder", rnd))
+        z_A = model.projection("A", params, mu + rnd.take(mu.shape[-1]) * torch.exp(0.5 * logvar), self._masks("projection", rnd))
+        recon = w["recon"] * losses.reconstruction(model.decoder(params, z_A, self._masks("decoder", rnd)), cls, row_w)
+        kl = w["beta"] * losses.kl_divergence(mu, logvar, w["free_bits"], row_w)
+        rad = self.shared.loss.radial
+        delta = (rad.outer_radius - rad.inner_radius) / 9
+        radial = inp["pull"] * losses.coverage_radial(radius(z_A, c), v, self.targets, self.radial_weights,
+                                                      step["pi"], step["pj"], delta, w["margin_weight"], row_w)
+        zero = torch.zeros_like(recon)
+        terms = torch.stack([recon, kl, zero, zero, zero, radial, zero, zero, zero], 1)
+        return recon + kl + radial, terms
+
+    def _structure_loss(self, params, step, phase, w, rnd: StepRandom) -> tuple[torch.Tensor, torch.Tensor]:
+        model, c = self.model, self.c
+        zs = []
+        recon = None
+        for which in ("A", "B"):
+            if f"mu_{which}" in step:
+                mu, lv = step[f"mu_{which}"], step[f"lv_{which}"]
+            else:
+                mu, lv = model.encoder(which, params, step["x"], self._masks("encoder", rnd))
+            z = model.projection(which, params, mu + rnd.take(mu.shape[-1]) * torch.exp(0.5 * lv),
+                                 self._masks("projection", rnd))
+            if which == "A":
+                recon = w["coverage"] * losses.reconstruction(model.decoder(params, z, None), step["cls"])
+            zs.append(z)
+        z = torch.stack(zs, 1) if len(self.path_weights) == 2 else zs[1].unsqueeze(1)      # (K, P, B, d)
+        r = radius(z, c)
+        by_radius = losses.radius_terms(r, step, w, self.targets, self.path_weights, self.use_zero)
+        if phase == "geometry":
+            geo = w["geodesic"] * (losses.geodesic(z, step["geo_t"], step["geo_i"], step["geo_j"], c) * self.path_weights).sum(-1)
+        else:
+            geo = torch.zeros_like(recon)
+        zero = torch.zeros_like(recon)
+        terms = torch.cat([recon.unsqueeze(1), zero.unsqueeze(1), by_radius, geo.unsqueeze(1)], 1)
+        return terms.sum(1), terms
+
+    # ------------------------------------------------------------------ checks, evaluation, rows
+    def _finish(self, active: list[int], before: torch.Tensor, stats: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        ok = []
+        for k in active:
+            st = stats[k]
+            bad = [(name, value) for name, value in zip(TERMS, st["terms"]) if not math.isfinite(value)]
+            if bad:
+                m = self.members[k]
+                m.status = Status.DIVERGED
+                m.error = f"epoch {m.epoch}: loss term {bad[0][0]!r} is {bad[0][1]}"
+            else:
+                ok.append(k)
+        rows: dict[int, dict[str, Any]] = {}
+        if not ok:
+            return rows
+        metrics_rows = self._evaluate(ok)
+        pos = {k: i for i, k in enumerate(active)}
+        segs = self.layout.segments
+        for k in ok:
+            m, st = self.members[k], stats[k]
+            after, prev = self.flat[k], before[pos[k]]
+            norms = torch.stack([after.norm(), (after - prev).norm() / prev.norm().clamp_min(1e-12)]
+                                + [after[a:b].norm() for a, b in segs.values()]).tolist()
+            row: dict[str, Any] = {"epoch": m.epoch, "phase": st["phase"]}
+            row.update(metrics_rows[k])
+            row["loss"] = sum(st["terms"])
+            row.update({f"loss_{name}": value for name, value in zip(TERMS, st["terms"])})
+            row["lr"] = st["lr"]
+            row["grad_norm"] = st["grad_norm"]
+            row["weight_norm"] = norms[0]
+            row.update({f"weight_norm_{name}": value for name, value in zip(segs, norms[2:])})
+            row["update_ratio"] = norms[1]
+            if st["phase"] != "coverage":
+                m.events.extend(m.homeostasis.update(m.epoch, row["train_coverage"], row["train_hierarchy_A"],
+                                                     row["train_hierarchy_B"], row["train_dist_corr"]))
+                frozen = m.homeostasis.frozen
+                row["frozen_encoder_A"], row["frozen_encoder_B"], row["frozen_decoder"] = \
+                    frozen["encoder_A"], frozen["encoder_B"], True
+            else:
+                row["frozen_encoder_A"], row["frozen_encoder_B"], row["frozen_decoder"] = False, True, False
+            row["curvature"] = float(self.c)
+            rows[k] = row
+        return rows
+
+    def _evaluate(self, idx: list[int]) -> dict[int, dict[str, float]]:
+        out: dict[int, dict[str, float]] = {}
+        with torch.inference_mode():
+            for start in range(0, len(idx), MEMBERS_PER_PASS):
+                part = idx[start:start + MEMBERS_PER_PASS]
+                params = self.layout.views(self.flat[part])
+                coverage = [self.members[k].phase() == "coverage" for k in part]
+                frozen_mu = {}
+                for name in ("encoder_A", "encoder_B"):      # an encoder frozen for all: its cached means
+                    if all(not cov and name in self.members[k].cache for k, cov in zip(part, coverage)):
+                        frozen_mu[name[-1]] = torch.stack([self.members[k].cache[name][0] for k in part])
+                mu_B, z_B, r_A, r_B, correct = embed_all(self.model, params, self.trits, self.classes, coverage,
+                                                         self.c, frozen_mu)
+                for i, k in enumerate(part):
+                    m = self.members[k]
+                    out[k] = host_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i], self.c)
+        return out
+
+    @staticmethod
+    def _update_bests(m: Member, row: dict[str, Any]) -> None:
+        candidates = {"loss": min}
+        for split in m.evals:
+            for name, better in BEST_DIRECTION.items():
+                candidates[f"{split}_{name}"] = better
+        for key, better in candidates.items():
+            value = row.get(key)
+            if value is None or not math.isfinite(value):
+                continue
+            if key not in m.bests or better(value, m.bests[key]) != m.bests[key]:
+                m.bests[key] = value
+                m.best_epochs[key] = row["epoch"]
+
+    def summary(self, k: int) -> dict[str, Any]:
+        """What ``final.json`` holds for member k: its last row, its bests, epochs completed and events."""
+        m = self.members[k]
+        out: dict[str, Any] = dict(m.last_row or {})
+        for key, value in m.bests.items():
+            out[f"best_{key}"] = value
+            out[f"best_{key}_epoch"] = m.best_epochs[key]
+        out["epochs_completed"] = m.epoch
+        out["homeostasis_events"] = list(m.events)
+        out["status"] = m.status
+        if m.error:
+            out["error"] = m.error
+        return out
+
+    # ------------------------------------------------------------------ checkpoint slices
+    def member_state(self, k: int) -> dict[str, Any]:
+        """Everything needed to continue member k exactly, alone or in any cohort."""
+        m = self.members[k]
+        return {
+            "version": COHORT_VERSION, "config": config_mod.to_dict(m.cfg), "epoch": m.epoch, "status": m.status,
+            "error": m.error, "params": self.flat[k].detach().cpu().clone(),
+            "adam": {name: t.cpu() for name, t in self.adam.member_state(k).items()},
+            "generator": m.gen.get_state(), "r_orig": None if m.r_orig is None else m.r_orig.cpu(),
+            "homeostasis": m.homeostasis.state_dict(), "bests": dict(m.bests), "best_epochs": dict(m.best_epochs),
+            "last_row": m.last_row, "events": list(m.events),
+        }
+
+    def load_member_state(self, k: int, state: dict[str, Any]) -> None:
+        if state.get("version") != COHORT_VERSION:
+            raise ValueError(f"member checkpoint has version {state.get('version')}, expected {COHORT_VERSION}")
+        m = self.members[k]
+        self.flat[k] = state["params"].to(self.device)
+        self.adam.load_member_state(k, {name: t.to(self.device) for name, t in state["adam"].items()})
+        m.gen.set_state(state["generator"])
+        m.r_orig = None if state["r_orig"] is None else state["r_orig"].to(self.device)
+        m.homeostasis.load_state_dict(state["homeostasis"])
+        m.epoch, m.status, m.error = int(state["epoch"]), state["status"], state["error"]
+        m.bests, m.best_epochs = dict(state["bests"]), dict(state["best_epochs"])
+        m.last_row, m.events = state["last_row"], list(state["events"])
+        m.cache.clear()
+        if m.status == Status.FINISHED and m.epoch < m.cfg.epochs:     # a grown budget continues it
+            m.status = Status.RUNNING
+
+    @classmethod
+    def from_member_states(cls, states: Sequence[dict[str, Any]], device: str = "cpu",
+                           epochs: Sequence[int | None] | None = None) -> "Cohort":
+        """A cohort of saved members (from any cohorts); ``epochs[i]`` may extend member i's total."""
+        configs = []
+        for i, state in enumerate(states):
+            cfg = config_mod.from_dict(Config, state["config"])
+            if epochs is not None and epochs[i] is not None:
+                config_mod.set_key(cfg, "epochs", epochs[i])
+            configs.append(cfg)
+        cohort = cls(configs, device)
+        for k, state in enumerate(states):
+            cohort.load_member_state(k, state)
+        return cohort
+
+    def save(self, path: str | Path) -> None:
+        checkpoint.save(Path(path), {"version": COHORT_VERSION,
+                                     "members": [self.member_state(k) for k in range(len(self))]})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", epochs: int | None = None) -> "Cohort":
+        state = checkpoint.load(Path(path))
+        if state.get("version") != COHORT_VERSION:
+            raise ValueError(f"cohort checkpoint {path} has version {state.get('version')}, expected {COHORT_VERSION}")
+        members = state["members"]
+        return cls.from_member_states(members, device, None if epochs is None else [epochs] * len(members))
+
+
+def _delta_temperature(cfg: Config) -> radius_terms.Weights:
+    """The two scalars `radius_terms.step_constants` reads (delta, temperature); the rest are unused there."""
+    rad = cfg.loss.radial
+    return radius_terms.Weights(hierarchy=0.0, richness=0.0, separation=0.0, radial=0.0, rank=0.0,
+                                min_richness_ratio=0.0, separation_margin=0.0, margin_weight=0.0,
+                                delta=(rad.outer_radius - rad.inner_radius) / 9, temperature=cfg.loss.rank.temperature,
+                                zero_valuation=0.0, zero_sparsity=0.0, zero_target_correlation=0.0)

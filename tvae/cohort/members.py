@@ -1,0 +1,73 @@
+"""Which configurations can train together as one cohort, and how to group those that cannot.
+
+Members of a cohort share the shape of every tensor of a step: the model, the batch sizes, the numbers of loss
+pairs, the radius targets, which loss terms exist. Everything else a study searches may differ per member:
+seed, epochs, learning rates and their schedule, weight decay, clipping, training fraction and split, phase
+epochs, loss weights, homeostasis and evaluation settings (`PER_MEMBER`).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from tvae import config as config_mod
+from tvae.config import Config
+
+# dotted keys (or prefixes ending in ".") that may differ between the members of one cohort
+PER_MEMBER: tuple[str, ...] = (
+    "preset", "seed", "epochs",
+    "optim.lr", "optim.weight_decay", "optim.max_grad_norm", "optim.lr_scale_",
+    "data.train_fraction", "data.split",
+    "phases.", "schedule.",
+    "coverage.lr", "coverage.min_lr_scale", "coverage.weight_decay", "coverage.recon_weight", "coverage.beta",
+    "coverage.free_bits", "coverage.radial_weight",
+    "loss.rich.hierarchy_weight", "loss.rich.coverage_weight", "loss.rich.richness_weight",
+    "loss.rich.separation_weight", "loss.rich.min_richness_ratio", "loss.rich.separation_margin",
+    "loss.radial.weight", "loss.radial.margin_weight", "loss.rank.weight",
+    "loss.geodesic.weight", "loss.geodesic.max_target_distance", "loss.geodesic.valuation_scale",
+    "homeostasis.", "eval.",
+)
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(config_mod.to_dict(cfg), "")
+    return out
+
+
+def per_member(key: str) -> bool:
+    return any(key == p or (key.startswith(p) and (p.endswith(".") or p.endswith("_") or key[len(p)] in "._"))
+               for p in PER_MEMBER)
+
+
+def shared_part(cfg: Config) -> tuple[tuple[str, str], ...]:
+    """The configuration keys (with their values) that every member of a cohort must share."""
+    return tuple(sorted((k, repr(v)) for k, v in flat_config(cfg).items() if not per_member(k)))
+
+
+def check_compatible(configs: Sequence[Config]) -> None:
+    """Raise ValueError naming the first shared key on which two members differ."""
+    if not configs:
+        raise ValueError("a cohort needs at least one member")
+    first = dict(shared_part(configs[0]))
+    for i, cfg in enumerate(configs[1:], start=1):
+        other = dict(shared_part(cfg))
+        for key in sorted(set(first) | set(other)):
+            if first.get(key) != other.get(key):
+                raise ValueError(f"members 0 and {i} cannot share a cohort: {key} is {first.get(key)} and "
+                                 f"{other.get(key)} (group them with tvae.cohort.members.group)")
+
+
+def group(configs: Iterable[Config]) -> list[list[int]]:
+    """Indices of ``configs`` in groups that can each train as one cohort (first-seen order)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault(shared_part(cfg), []).append(i)
+    return list(groups.values())
