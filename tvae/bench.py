@@ -8,6 +8,12 @@ in the structure phase and the rest in the geometry phase (the phases that domin
 medians, then one JSON line with ``train_epoch_s``, ``eval_s``, ``epoch_s``, ``device``, ``threads``.
 ``epoch_s`` is the median of the per-epoch sums (training + the full evaluation every epoch gets).
 
+``--population K[,K...]`` times the cohort engine (`tvae.cohort`): K members (seeds 0..K-1) trained as one
+cohort, on the same schedule. With several K (and ``--single``, the single-run trainer as well) the
+candidates train side by side, one epoch of each in turn, so that a loaded machine slows them alike. Each prints
+a JSON line with ``population``, ``epoch_s`` (one cohort epoch, training + evaluation, median) and
+``trial_epochs_s`` (= K / epoch_s), and the process CPU seconds of the same.
+
 ``--whole-run`` times every epoch of the preset's own schedule instead (``--epochs`` in all, default the
 preset's; coverage included): what a study's trial costs, with the homeostasis freezes and the late epochs
 that the default's early epochs do not show. Its JSON line adds ``total_s`` and ``mean_epoch_s``.
@@ -19,6 +25,7 @@ import json
 import os
 import statistics
 import sys
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +45,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch.compile each step's loss (compiles once per phase: the 'max' column shows it)")
     p.add_argument("--whole-run", action="store_true",
                    help="time every epoch of the preset's own phases and schedule (see above)")
+    p.add_argument("--population", default=None, metavar="K[,K...]",
+                   help="time cohorts of K members (tvae.cohort), side by side when several")
+    p.add_argument("--single", action="store_true",
+                   help="with --population: also time the single-run trainer, side by side")
     args = p.parse_args(argv)
+    if args.population is not None:
+        try:
+            sizes = [int(x) for x in args.population.split(",")]
+        except ValueError:
+            p.error(f"--population: expected K[,K...] with integers, got {args.population!r}")
+        if any(k < 1 for k in sizes):
+            p.error("--population: every K must be >= 1")
+        if args.whole_run or args.compile or args.device != "cpu" and not args.cuda_graphs:
+            p.error("--population times the bench schedule eagerly; drop --whole-run/--compile/--no-cuda-graphs")
+        return _population(args, sizes)
     if args.epochs is None and not args.whole_run:
         args.epochs = 10
     if args.epochs is not None and args.epochs < 2:
@@ -94,6 +115,50 @@ def main(argv: list[str] | None = None) -> int:
                      | ({"whole_run": True, "total_s": round(sum(epoch_s), 3),
                          "mean_epoch_s": round(sum(epoch_s) / len(epoch_s), 5)}
                         if args.whole_run else {})))
+    return 0
+
+
+def _population(args, sizes: list[int]) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tvae import config as config_mod, trainer
+    from tvae.cohort import Cohort
+
+    epochs = args.epochs or 10
+    try:
+        overrides = dict(config_mod.parse_assignment(s) for s in args.sets)
+        overrides.update({"phases.structure_start": 1, "phases.geometry_start": 1 + epochs // 2})
+        build = lambda seed: config_mod.build(args.preset, overrides=overrides, epochs=1 + epochs, seed=seed)  # noqa: E731
+        candidates: list[tuple[str, int, Any]] = [(f"cohort K={k}", k, Cohort([build(s) for s in range(k)], args.device))
+                                                  for k in sizes]
+        if args.single:
+            candidates.insert(0, ("single run", 1, trainer.run_from_config(build(0), args.device)))
+    except (config_mod.ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for _, _, engine in candidates:
+        engine.train_epoch()                            # coverage epoch: warm-up, not timed
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in candidates}
+    for _ in range(epochs):
+        for name, _, engine in candidates:              # side by side: one epoch of each in turn
+            engine.train_epoch()
+            t = engine.timings
+            times[name].append((t["train_s"] + t["eval_s"], t["train_cpu_s"] + t["eval_cpu_s"]))
+    med = statistics.median
+    print(f"tvae.bench --population  preset={args.preset} device={args.device} threads={args.threads} "
+          f"timed epochs={epochs} (side by side) load={os.getloadavg()[0]:.2f}")
+    print(f"{'engine':<16}{'K':>5}{'epoch_s':>10}{'trial-epochs/s':>16}{'cpu epoch_s':>13}{'cpu trial-ep/s':>16}")
+    lines = []
+    for name, k, _ in candidates:
+        wall, cpu = med([w for w, _ in times[name]]), med([c for _, c in times[name]])
+        print(f"{name:<16}{k:>5}{wall:>10.4f}{k / wall:>16.3f}{cpu:>13.4f}{k / cpu:>16.3f}")
+        lines.append({"engine": "single" if name == "single run" else "cohort", "population": k,
+                      "epoch_s": round(wall, 5), "trial_epochs_s": round(k / wall, 4),
+                      "cpu_epoch_s": round(cpu, 5), "cpu_trial_epochs_s": round(k / cpu, 4),
+                      "device": args.device, "threads": args.threads})
+    for line in lines:
+        print(json.dumps(line))
     return 0
 
 

@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (and the last)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch line")
+    p.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="train a cohort (tvae.cohort), one member per seed (and per --vary combination)")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="cohort members take each of these values (repeatable; members are the combinations)")
     return p
 
 
@@ -84,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    if args.seeds or args.vary or (args.resume and (Path(args.out) / "members.json").exists()):
+        from tvae.cohort import cli
+
+        return cli.main(args)
     from tvae import checkpoint, config as config_mod, trainer
     from tvae.tasks import DivergedError
 
