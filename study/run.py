@@ -254,7 +254,12 @@ def _run(space, config, location, resume: bool) -> int:
     resume_cmd = config.resume_command()
     # SIGTERM behaves like Ctrl-C: Tune saves its state and stops the trials
     _sigterm_as_sigint()
-    from study import cluster
+    from study import cluster, compat
+
+    try:
+        compat.require_tested_versions()   # before Ray starts or anything is written
+    except compat.UntestedVersionError as exc:
+        return _fail(str(exc))
 
     ray_up = False   # cluster.start returned: an interrupt before that may have cut ray.init off
     try:
