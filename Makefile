@@ -32,7 +32,7 @@ study: setup
 bench: setup
 	$(PY) -m tvae.bench --threads 1
 
-# The modular-addition study known to grok (SPEC §6.4), then its report.
+# The modular-addition study known to grok (docs/positive-control.md), then its report.
 positive-control: setup
 	$(PY) -m study.run --space modular_addition --name positive-control --trials 8 --resume
 	$(PY) -m analysis.report results/positive-control
