@@ -213,3 +213,23 @@ def test_direction_of_the_ranking_metric_decides_the_ranking(studies, tmp_path: 
     assert mode == "min" and (best_min <= best_default).all() and (best_min < best_default).any()
     assert ranking(directions=(("heldout_acc", "min"),), mode="max")[0] == "max"
     assert ranking(directions=(("train_acc", "min"),))[0] == "max"      # another metric's direction: no effect
+
+
+def test_python_m_analysis_detect_runs_the_detectors_module_once():
+    """`python -m analysis.detect` runs `analysis/detect/__main__.py`; the detectors are the one imported module
+    (a module run as __main__ and imported again would define every detector twice)."""
+    code = textwrap.dedent("""
+        import runpy, sys
+        import analysis.detect as detect
+        sys.argv = ["analysis.detect", "--help"]
+        try:
+            runpy.run_module("analysis.detect", run_name="__main__")
+        except SystemExit as exit:
+            assert exit.code == 0, exit.code
+        from analysis.detect import cli
+        assert cli.grokking is detect.grokking and sys.modules["analysis.detect"] is detect
+        print("once")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("once"), proc.stderr
