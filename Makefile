@@ -42,7 +42,7 @@ gpu-check:
 	rm -rf /tmp/gpu-quality && $(GPU_PY) -m tvae.train --device cuda --epochs 100 --seeds 0,1,2 --out /tmp/gpu-quality --quiet
 	$(GPU_PY) -m tvae.cohort.quality /tmp/gpu-quality
 
-# The modular-addition study known to grok (SPEC §6.4), then its report.
+# The modular-addition study known to grok (docs/positive-control.md), then its report.
 positive-control: setup
 	$(PY) -m study.run --space modular_addition --name positive-control --trials 8 --resume
 	$(PY) -m analysis.report results/positive-control

@@ -17,7 +17,7 @@ __all__ = ["scan", "ScanError", "detect", "metrics", "rules"]
 
 
 def __getattr__(name: str):
-    # Submodules load on first use, so `python -m analysis.detect` does not import itself twice.
+    # Submodules load on first use: `import analysis` stays cheap.
     if name in ("detect", "frames", "metrics", "rules", "report", "synthetic", "trials"):
         return importlib.import_module(f"analysis.{name}")
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""`python -m analysis.report STUDY_DIR [--compare OTHER_DIR …] [--out DIR]` (SPEC §6.3).
+"""`python -m analysis.report STUDY_DIR [--compare OTHER_DIR …] [--out DIR]`: a study's report.
 
 Writes into DIR (default STUDY_DIR/report):
   report.html     self-contained page (PNG figures embedded as data URIs): summary per study, trial classes,
@@ -12,6 +12,11 @@ Works on a study that is still running (it reads whatever whole files exist) and
 epoch-row schema (without `trials.parquet` there are no parameters: the phase diagram and importance are
 skipped, with a note). Outputs are written to temporary names and renamed, so a failed run leaves the previous
 report intact.
+
+Three stages, each with one job:
+  compute(options) -> ReportData     reads the data and returns frames and notes (writes nothing, draws nothing)
+  draw(data) -> Figures              the PNG figures of those frames (`analysis.figures`)
+  render_html / render_summary       the page and the Markdown from frames and figures; `write` stores them
 """
 from __future__ import annotations
 
@@ -70,8 +75,20 @@ class ReportData:
     events: pl.DataFrame
     trial_summary: pl.DataFrame          # one row per trial: status, params, best metric, classes …
     selected: pl.DataFrame               # study, trial_id, label, why
-    figures: dict[str, bytes] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # what the figures show, as frames
+    curve_metrics: list[str] = field(default_factory=list)
+    curves: pl.DataFrame | None = None   # label, epoch, curve metrics of the selected trials (thinned)
+    curve_marks: pl.DataFrame | None = None   # memorized/generalized events of the selected trials
+    timeline_labels: list[str] = field(default_factory=list)
+    timeline_events: pl.DataFrame | None = None
+    timeline_last: dict[str, int] = field(default_factory=dict)
+    importance: pl.DataFrame | None = None    # param, target, score
+    phase: pl.DataFrame | None = None         # the classified trials of the phase diagram
+    phase_axes: tuple[str, str] | None = None
+
+
+Figures = dict[str, bytes]   # figure name (curves, timeline, classes, importance, phase) -> PNG
 
 
 # ------------------------------------------------------------------------------------------------ computing
@@ -191,7 +208,7 @@ def compute(options: ReportOptions) -> ReportData:
                                             **{f"grokking[{p}]": json.loads(filled.to_json(direction=direction))
                                                for p, (direction, filled) in resolved.items()}},
                       table=table, events=events, trial_summary=summary, selected=selected, notes=notes)
-    _draw(data, lf)
+    _figure_frames(data, lf)
     return data
 
 
@@ -232,7 +249,8 @@ def _select_trials(summary: pl.DataFrame, events: pl.DataFrame, metric: str | No
     return chosen.with_columns(_label(pl.col("study"), pl.col("trial_id"), multi).alias("label"))
 
 
-def _draw(data: ReportData, lf: pl.LazyFrame) -> None:
+def _figure_frames(data: ReportData, lf: pl.LazyFrame) -> None:
+    """The frames the figures show (curves, timeline, importance, phase diagram), and their notes."""
     sel, summary, multi = data.selected, data.trial_summary, len(data.names) > 1
     curve_metrics = []
     for p in data.pairs[:2]:
@@ -256,7 +274,7 @@ def _draw(data: ReportData, lf: pl.LazyFrame) -> None:
         marks = (data.events.filter(pl.col("event").is_in(["memorized", "generalized"]))
                  .join(sel.select(*KEYS, "label"), on=KEYS))
         if curve_metrics:
-            data.figures["curves"] = figures.learning_curves(curves, curve_metrics, marks)
+            data.curve_metrics, data.curves, data.curve_marks = curve_metrics, curves, marks
     # timeline: the selected trials first, then the others, up to MAX_TIMELINE_TRIALS
     order_df = pl.concat([sel.select(*KEYS), summary.select(*KEYS)]).unique(keep="first", maintain_order=True)
     order_df = order_df.head(MAX_TIMELINE_TRIALS).with_columns(
@@ -266,13 +284,11 @@ def _draw(data: ReportData, lf: pl.LazyFrame) -> None:
         ev = data.events.join(order_df, on=KEYS).filter(
             pl.col("metric").is_in(curve_metrics) | pl.col("metric").str.contains("/", literal=True))
         last = dict(summary.join(order_df, on=KEYS).select("label", "last_epoch").iter_rows())
-        data.figures["timeline"] = figures.event_timeline(ev, order_df["label"].to_list(),
-                                                          {k: v or 0 for k, v in last.items()})
+        data.timeline_events, data.timeline_labels = ev, order_df["label"].to_list()
+        data.timeline_last = {k: v or 0 for k, v in last.items()}
         if summary.height > MAX_TIMELINE_TRIALS:
             data.notes.append(f"The event timeline shows {MAX_TIMELINE_TRIALS} of {summary.height} trials "
                               f"(selected first); events.parquet has all.")
-    if data.table.height:
-        data.figures["classes"] = figures.class_counts(data.table)
     params = [c for c in T.param_columns(summary) if summary[c].drop_nulls().n_unique() >= 2]
     if params:
         targets = {}
@@ -283,15 +299,30 @@ def _draw(data: ReportData, lf: pl.LazyFrame) -> None:
             targets["generalised (0/1)"] = "_generalised"
         scores = _importance(summary, params, targets)
         if scores.height:
-            data.figures["importance"] = figures.importance(scores)
+            data.importance = scores
         axes = _phase_axes(data.options.params, params, scores, summary)
         if axes and "class" in summary.columns:
-            data.figures["phase"] = figures.phase_diagram(summary.filter(pl.col("class").is_not_null()), *axes,
-                                                          hue_study=multi)
+            data.phase, data.phase_axes = summary.filter(pl.col("class").is_not_null()), axes
             data.notes.append(f"Phase diagram axes: {axes[0].removeprefix('param_')} × "
                               f"{axes[1].removeprefix('param_')} (classes of pair {data.pairs[0]}).")
     elif T.param_columns(summary):
         data.notes.append("Fewer than two distinct values of every parameter: no phase diagram or importance.")
+
+
+def draw(data: ReportData) -> Figures:
+    """Every figure of the report, from the frames `compute` made (figures without data are left out)."""
+    out: Figures = {}
+    if data.curves is not None:
+        out["curves"] = figures.learning_curves(data.curves, data.curve_metrics, data.curve_marks)
+    if data.timeline_events is not None:
+        out["timeline"] = figures.event_timeline(data.timeline_events, data.timeline_labels, data.timeline_last)
+    if data.table.height:
+        out["classes"] = figures.class_counts(data.table)
+    if data.importance is not None:
+        out["importance"] = figures.importance(data.importance)
+    if data.phase is not None and data.phase_axes is not None:
+        out["phase"] = figures.phase_diagram(data.phase, *data.phase_axes, hue_study=len(data.names) > 1)
+    return out
 
 
 def _phase_axes(requested: tuple[str, str] | None, params: list[str], scores: pl.DataFrame,
@@ -372,8 +403,8 @@ def _html_table(df: pl.DataFrame, limit: int = MAX_TABLE_ROWS) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
 
 
-def _img(data: ReportData, key: str, alt: str) -> str:
-    png = data.figures.get(key)
+def _img(figs: Figures, key: str, alt: str) -> str:
+    png = figs.get(key)
     if png is None:
         return f"<p class=note>No {html.escape(alt.lower())}: not enough data.</p>"
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
@@ -395,7 +426,7 @@ pre{background:#f6f6f6;padding:8px;font-size:.8em;overflow-x:auto}
 """
 
 
-def render_html(data: ReportData) -> str:
+def render_html(data: ReportData, figs: Figures) -> str:
     title = data.options.title or ("Study report: " + ", ".join(data.names))
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     studies = pl.DataFrame(_per_study(data)) if data.names else pl.DataFrame()
@@ -416,21 +447,21 @@ def render_html(data: ReportData) -> str:
         "<p>Liu et al. 2022's phases for each train/held-out pair: <b>comprehension</b> (both reached, small "
         "delay), <b>grokking</b> (held-out reached much later than train), <b>memorization</b> (train only), "
         "<b>confusion</b> (train never reached).</p>",
-        _img(data, "classes", "Class counts"),
+        _img(figs, "classes", "Class counts"),
         "<h2>Learning curves of the best and most interesting trials</h2>",
         "<p>Dotted lines: memorisation and generalisation epochs (t_mem, t_gen).</p>",
-        _img(data, "curves", "Learning curves"),
+        _img(figs, "curves", "Learning curves"),
         _html_table(sel) if sel is not None else "",
         "<h2>Event timeline</h2>",
         "<p>Shaded bars: plateaus; markers: transitions and grokking events, for the metrics of the curves above "
         "(every event of every metric is in events.parquet).</p>",
-        _img(data, "timeline", "Event timeline"),
-        "<h2>Phase diagram</h2>", _img(data, "phase", "Phase diagram"),
+        _img(figs, "timeline", "Event timeline"),
+        "<h2>Phase diagram</h2>", _img(figs, "phase", "Phase diagram"),
         "<h2>Parameter importance</h2>",
         "<p>How strongly each parameter goes with the best value of the ranking metric and with generalising at "
         "all, across trials (|Spearman ρ|; correlation ratio η for categorical parameters). Correlation, not "
         "causation; few trials make it noisy.</p>",
-        _img(data, "importance", "Parameter importance"),
+        _img(figs, "importance", "Parameter importance"),
         "<h2>Trials</h2>", _html_table(_trial_table(data)),
         "<h2>Events by rule</h2>", _html_table(ev_counts),
         "<h2>Rules and parameters</h2>",
@@ -471,8 +502,8 @@ def render_summary(data: ReportData) -> str:
     return "\n".join(out)
 
 
-def write(data: ReportData, out: Path) -> list[Path]:
-    """Write all outputs to temporary names, then rename each into place."""
+def write(data: ReportData, figs: Figures, out: Path) -> list[Path]:
+    """Render and write all outputs to temporary names, then rename each into place."""
     out.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []
 
@@ -482,7 +513,7 @@ def write(data: ReportData, out: Path) -> list[Path]:
         staged.append((tmp, out / name))
 
     try:
-        stage("report.html", lambda p: p.write_text(render_html(data), encoding="utf-8"))
+        stage("report.html", lambda p: p.write_text(render_html(data, figs), encoding="utf-8"))
         stage("summary.md", lambda p: p.write_text(render_summary(data), encoding="utf-8"))
         stage("events.parquet", lambda p: data.events.select(list(EVENT_SCHEMA)).write_parquet(p))
         stage("classes.parquet", lambda p: data.table.write_parquet(p))
@@ -535,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             top=args.top, window=args.window, title=args.title, directions=directions)
     try:
         data = compute(options)
-        paths = write(data, options.out)
+        paths = write(data, draw(data), options.out)
     except (ScanError, T.StudyFileError, ValueError, pl.exceptions.PolarsError, OSError) as exc:
         print(f"analysis.report: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`modular_addition`: the positive control (SPEC §6.4) — a study over weight decay and train fraction of the
+"""`modular_addition`: the positive control (docs/positive-control.md) — a study over weight decay and train fraction of the
 modular-addition task (``tvae.modular_addition``), whose trials are known to fall into Liu et al.'s phases:
 weight decay 0 memorises (held-out stays at chance), a large train fraction generalises almost together with
 memorisation (comprehension), a moderate train fraction with weight decay generalises long after memorising

@@ -1,4 +1,4 @@
-"""The arguments of a study (SPEC §4.1) as a typed, validated dataclass, and what `study.json` holds.
+"""The arguments of a study as a typed, validated dataclass, and what `study.json` holds.
 
 A study is defined by its *identity* (space, trials, epochs, seed, scheduler, checkpoint cadence, resources per
 trial); `--resume` reuses the stored identity and refuses a different one. *Runtime* options (address,

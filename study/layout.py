@@ -1,4 +1,4 @@
-"""Where a study lives: the study directory of SPEC §4.4 on a local path or any pyarrow filesystem URI.
+"""Where a study lives: the study directory (docs/design.md) on a local path or any pyarrow filesystem URI.
 
     RESULTS/STUDY/
       study.json        arguments, seed, versions, start time, schema_version

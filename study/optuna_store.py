@@ -4,13 +4,16 @@ Local paths use Optuna's `JournalFileBackend` (append + fsync under a lock; optu
 the study runs). Other pyarrow filesystems (object stores have no append) use `ArrowJournalBackend`, which
 rewrites the file atomically on each append; only the driver writes to it.
 
-`repair_torn_tail` drops a half-written last line left by a killed driver (Optuna skips a torn *last* line
+Every Optuna bookkeeping rule of a study is here: `TUNE_ID_ATTR` pairs each Optuna trial with its Tune trial,
+`OPTUNA_STATES` says which Optuna states agree with each trial status, `record_retried` adds the outcome of a
+trial retried after an ERROR, `fail_orphans` ends zombies. `repair_torn_tail` drops a half-written last line left by a killed driver (Optuna skips a torn *last* line
 but would fail on it once another line follows). `fail_orphans` ends trials left RUNNING by a driver that
 was killed before Ray Tune recorded them, so no zombie RUNNING trial survives a completed study.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Iterable
 
@@ -18,9 +21,23 @@ import optuna
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
+from study import compat
 from study.layout import StudyLocation
+from study.statuses import TrialStatus
 
-TUNE_ID_ATTR = "tune_trial_id"
+TUNE_ID_ATTR = "tune_trial_id"    # user attribute of an Optuna trial: the id of its Tune (= study) trial
+# trial status (trials.parquet) -> the Optuna trial states that agree with it
+OPTUNA_STATES: dict[TrialStatus, frozenset[str]] = {
+    TrialStatus.COMPLETED: frozenset({"COMPLETE"}),
+    TrialStatus.DIVERGED: frozenset({"FAIL"}),
+    TrialStatus.ERROR: frozenset({"FAIL"}),
+    TrialStatus.PRUNED: frozenset({"PRUNED"}),
+    TrialStatus.RUNNING: frozenset({"RUNNING"}),
+    TrialStatus.PENDING: frozenset({"RUNNING", "WAITING"}),
+    TrialStatus.INTERRUPTED: frozenset({"RUNNING"}),
+}
+# the statuses a trial retried after an ERROR can end in and that `record_retried` then tells Optuna
+RETRY_OUTCOMES = frozenset({TrialStatus.COMPLETED, TrialStatus.PRUNED})
 
 
 class ArrowJournalBackend(BaseJournalBackend):
@@ -89,7 +106,32 @@ def fail_orphans(study: optuna.Study, live_tune_ids: set[str], reason: str) -> l
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         if trial.user_attrs.get(TUNE_ID_ATTR) in live_tune_ids:
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "orphan_reason", reason)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        compat.fail_trial(study, trial, {"orphan_reason": reason})
         failed.append(trial.number)
     return failed
+
+
+def record_retried(study: optuna.Study, table, metric: str) -> list[int]:
+    """Trials that ended in ERROR (Optuna: FAIL) and were then retried by ``--resume`` to COMPLETED or PRUNED.
+    Tune does not tell the searcher about a trial it restores after an error, and finished Optuna trials are
+    immutable: the new outcome becomes a new Optuna trial with the same parameters, the study trial's id and
+    ``retry_of`` = the failed one's number, so the sampler learns it and `study.verify` pairs them. ``metric``:
+    the space's objective (its value is the table's ``final_<metric>``)."""
+    if table is None:
+        return []
+    by_tune: dict[str, list] = {}
+    for trial in study.get_trials(deepcopy=False):
+        by_tune.setdefault(trial.user_attrs.get(TUNE_ID_ATTR), []).append(trial)
+    added = []
+    for row in table.to_pylist():
+        matches = by_tune.get(row["trial_id"])
+        if not matches or matches[-1].state != TrialState.FAIL or row["status"] not in RETRY_OUTCOMES:
+            continue
+        last = matches[-1]
+        value = row.get(f"final_{metric}") if row["status"] == TrialStatus.COMPLETED else None
+        state = TrialState.COMPLETE if isinstance(value, float) and math.isfinite(value) else TrialState.PRUNED
+        study.add_trial(optuna.trial.create_trial(
+            params=last.params, distributions=last.distributions, value=value if state == TrialState.COMPLETE
+            else None, state=state, user_attrs={**last.user_attrs, "retry_of": last.number}))
+        added.append(last.number)
+    return added

@@ -9,12 +9,13 @@ from typing import Any
 
 from study import recorder, trials_table
 from study.layout import STUDY_JSON, StudyLocation
+from study.statuses import UNRECORDED
 
 
 @dataclass
 class TrialProgress:
     trial_id: str
-    status: str
+    status: str                    # a study.statuses.TrialStatus value, or UNRECORDED
     epochs_on_disk: int            # rows in the epoch dataset (= epochs up to the last written checkpoint)
     attempts: int = 0
     best: float | None = None
@@ -79,7 +80,7 @@ def read(location: StudyLocation) -> StudyProgress:
                 reason=row.get("reason")))
     for trial_id, count in sorted(on_disk.items()):
         if trial_id not in seen:  # rows written before the driver recorded the trial
-            trials.append(TrialProgress(trial_id=trial_id, status="UNRECORDED", epochs_on_disk=count))
+            trials.append(TrialProgress(trial_id=trial_id, status=UNRECORDED, epochs_on_disk=count))
     return StudyProgress(study=study, trials=trials)
 
 

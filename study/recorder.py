@@ -1,4 +1,4 @@
-"""Crash-consistent epoch rows (SPEC §5): buffered rows become whole Parquet part files.
+"""Crash-consistent epoch rows: buffered rows become whole Parquet part files.
 
 A trial's rows live in ``epochs/trial_id=<ID>/part-<first>-<last>.parquet`` (epochs zero-padded so names sort).
 The trainable calls `write_part` at each checkpoint boundary *before* it registers that checkpoint, and
@@ -9,7 +9,6 @@ resume, each (trial_id, epoch) is present exactly once. Nothing here imports Ray
 from __future__ import annotations
 
 import io
-import math
 import re
 from typing import Any, Iterable, Mapping
 
@@ -149,10 +148,3 @@ def read_epochs(location: StudyLocation, columns: Iterable[str] | None = None) -
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="permissive")
-
-
-def finite_or_none(value: Any) -> Any:
-    """NaN/inf → None; used where a value must be JSON/Optuna safe."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 from study.layout import StudyLocation
 from study.progress import StudyProgress, read
-from study.trials_table import FINISHED
+from study.statuses import RETRIED, SETTLED, UNRECORDED
 
 
 def plan_lines(progress: StudyProgress, checkpoint_every: int) -> list[str]:
     epochs = progress.epochs
     lines = []
     for t in sorted(progress.trials, key=lambda t: t.trial_id):
-        if t.status in FINISHED:
+        if t.status in SETTLED:
             action = f"skip      ({t.status.lower()}, {t.epochs_on_disk} epochs stored)"
-        elif t.status == "ERROR":
+        elif t.status in RETRIED:
             action = f"retry     from its last registered checkpoint (epoch {t.epochs_on_disk} of {epochs} at most; it errored)"
-        elif t.status == "UNRECORDED":
+        elif t.status == UNRECORDED:
             action = ("drop      (started after the driver's last snapshot; its rows are removed when the study "
                       "completes, a new trial takes its place)")
         elif t.epochs_on_disk:
@@ -22,7 +22,7 @@ def plan_lines(progress: StudyProgress, checkpoint_every: int) -> list[str]:
         else:
             action = f"restart   from epoch 0 of {epochs} (no checkpoint yet)"
         lines.append(f"  {t.trial_id:<16} {action}")
-    known = sum(1 for t in progress.trials if t.status != "UNRECORDED")
+    known = sum(1 for t in progress.trials if t.status != UNRECORDED)
     new = max(0, progress.requested - known)
     lines.append(f"  {new} new trial(s) to sample (requested {progress.requested}, known {known}); "
                  f"checkpoints every {checkpoint_every} epochs")

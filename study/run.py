@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import signal
 import sys
@@ -44,7 +43,8 @@ _HELP = {
     "resume": "continue the study RESULTS/NAME: finish the requested trials, continue unfinished ones from "
               "their last checkpoint, keep the sampler's knowledge",
     "set": "KEY=VALUE: fix a task config key for every trial (repeatable), e.g. --set optim.weight_decay=0.1; "
-           "the key must exist and not be one the space searches; VALUE is JSON (number, true, [..]) or text",
+           "the key must exist and not be one the space searches; VALUE is JSON (1e-3, 3, true, null, [..]), "
+           "else a decimal number (.5), else text",
     "dry_run": "print the plan (new study, or what a resume would skip, continue, retry or start) and exit",
 }
 
@@ -86,18 +86,10 @@ def _fail(message: str) -> int:
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` → ``{"a.b": 1, "c": "x"}`` (values as JSON when they parse, else text)."""
-    sets: dict[str, Any] = {}
-    for item in items or []:
-        key, eq, text = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"--set {item!r} is not KEY=VALUE")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        sets[key.strip()] = value
-    return sets
+    """``["a.b=1e-3", "c=x"]`` → ``{"a.b": 0.001, "c": "x"}`` (the grammar of ``tvae.configlib.parse_value``)."""
+    from tvae.configlib import parse_assignments
+
+    return parse_assignments(items)
 
 
 def check_sets(space, sets: dict[str, Any]) -> None:
@@ -262,7 +254,12 @@ def _run(space, config, location, resume: bool) -> int:
     resume_cmd = config.resume_command()
     # SIGTERM behaves like Ctrl-C: Tune saves its state and stops the trials
     _sigterm_as_sigint()
-    from study import cluster
+    from study import cluster, compat
+
+    try:
+        compat.require_tested_versions()   # before Ray starts or anything is written
+    except compat.UntestedVersionError as exc:
+        return _fail(str(exc))
 
     ray_up = False   # cluster.start returned: an interrupt before that may have cut ray.init off
     try:

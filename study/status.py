@@ -9,6 +9,9 @@ import sys
 
 from study.layout import StudyLocation
 from study.progress import best_trial, read
+from study.statuses import TERMINAL, UNRECORDED, TrialStatus
+
+_ORDER = [s.value for s in TrialStatus] + [UNRECORDED]
 
 
 def _short(params: dict, limit: int = 60) -> str:
@@ -41,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     arguments = progress.arguments
     print(f"study {location.name}  space {arguments['space']}  at {location.display}")
-    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(progress.counts().items())) or "no trials yet"
-    print(f"{len(progress.trials)}/{progress.requested} trials ({counts}); {rows_total} epoch rows of "
+    tally = progress.counts()
+    counts = ", ".join(f"{tally[s]} {s.lower()}" for s in _ORDER if tally.get(s)) or "no trials yet"
+    ended = sum(n for s, n in tally.items() if s in TERMINAL)
+    print(f"{len(progress.trials)}/{progress.requested} trials, {ended} ended ({counts}); {rows_total} epoch rows of "
           f"{progress.requested * progress.epochs} at most; optimising {metric} ({progress.study.get('mode')})")
     if best is not None:
         print(f"best so far: {best.trial_id}  {metric} = {best.best:.4g}  {_short(best.params, 200)}")

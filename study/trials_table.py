@@ -3,9 +3,8 @@
 Built from plain dicts, written atomically; the driver rewrites it whenever a trial starts, ends or every few
 seconds while trials run. Nothing here imports Ray.
 
-Statuses: PENDING, RUNNING, COMPLETED (all epochs), DIVERGED (non-finite loss; not retried), PRUNED (stopped
-by the scheduler), INTERRUPTED (the driver stopped before the trial finished; `--resume` continues it),
-ERROR (failed more than ``--max-failures`` times).
+The ``status`` column holds a `study.statuses.TrialStatus` value (that module says what each means and what
+``--resume`` does with it).
 """
 from __future__ import annotations
 
@@ -19,15 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study.layout import TRIALS_PARQUET, StudyLocation
-
-STATUSES = ("PENDING", "RUNNING", "COMPLETED", "DIVERGED", "PRUNED", "INTERRUPTED", "ERROR")
-FINISHED = ("COMPLETED", "DIVERGED", "PRUNED")
+from study.statuses import TrialStatus
 
 
 @dataclass
 class TrialRecord:
     trial_id: str
-    status: str
+    status: str                        # a TrialStatus value
     attempts: int
     epochs_done: int
     params: dict[str, Any] = field(default_factory=dict)
@@ -36,8 +33,7 @@ class TrialRecord:
     reason: str | None = None          # why it diverged / errored / was pruned
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"unknown trial status {self.status!r}")
+        self.status = TrialStatus.parse(self.status).value
 
 
 def _param_value(value: Any) -> Any:

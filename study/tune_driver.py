@@ -1,7 +1,9 @@
 """Everything that speaks Ray Tune, in one place: searcher, scheduler, trials-table callback, Tuner build/restore.
 
 The rest of `study` works on plain data (`StudyConfig`, `TrialRecord`, Parquet files) and never sees a Tune
-class. Names follow the installed Ray 2.60 (`tune.RunConfig`, `tune.report`, ...).
+class. Names follow the installed Ray 2.60 (`tune.RunConfig`, `tune.report`, ...); every private Ray or Optuna
+attribute it needs is read through `study.compat`, which checks the installed versions. Trial statuses are
+`study.statuses.TrialStatus`; the Optuna bookkeeping (journal, orphans, retries) is `study.optuna_store`.
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.base import SearchSpace
-from study import recorder, trials_table
+from study import compat, recorder, trials_table
 from study.config import StudyConfig
 from study.layout import StudyLocation
-from study.optuna_store import TUNE_ID_ATTR, fail_orphans, open_storage
+from study.optuna_store import TUNE_ID_ATTR, fail_orphans, open_storage, record_retried
+from study.statuses import TERMINAL, TrialStatus
 from study.trainable import DIVERGED_KEY, DONE_KEY, PROGRESS_KEY, TrialSettings, make_trainable
 
 log = logging.getLogger("study")
@@ -42,7 +45,7 @@ class StudySearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = compat.searcher_optuna_trial(self, trial_id)
         if ot_trial is not None and TUNE_ID_ATTR not in ot_trial.user_attrs:
             ot_trial.set_user_attr(TUNE_ID_ATTR, trial_id)
         return config
@@ -56,8 +59,9 @@ class StudySearch(OptunaSearch):
             pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if trial_id in self._completed_trials or ot_trial is None:
+        ot_trial = compat.searcher_optuna_trial(self, trial_id)
+        completed = compat.searcher_completed(self)
+        if trial_id in completed or ot_trial is None:
             return super().on_trial_complete(trial_id, result, error)
         value = None if result is None else result.get(self.metric)
         state = None
@@ -73,10 +77,10 @@ class StudySearch(OptunaSearch):
         if state is None:
             return super().on_trial_complete(trial_id, result, error)
         try:
-            self._ot_study.tell(ot_trial, state=state)
+            compat.searcher_study(self).tell(ot_trial, state=state)
         except Exception as exc:  # already finished (e.g. re-run after a stale snapshot)
             log.warning("Optuna tell for %s: %s", trial_id, exc)
-        self._completed_trials.add(trial_id)
+        completed.add(trial_id)
 
 
 class SpaceFunction:
@@ -127,7 +131,7 @@ class GrokkingSafeASHA(AsyncHyperBandScheduler):
         action = super().on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP and not result.get(DONE_KEY):
             self.stopped[trial.trial_id] = (f"stopped by grokking_asha at epoch {result.get(PROGRESS_KEY)}: "
-                                            f"{self._metric} below the rung cutoff")
+                                            f"{compat.asha_metric(self)} below the rung cutoff")
         return action
 
 
@@ -147,24 +151,34 @@ def make_scheduler(space: SearchSpace, config: StudyConfig) -> TrialScheduler:
 
 # ------------------------------------------------------------------------------------------ trials table
 
-def _status(trial: Trial, scheduler: TrialScheduler, ending: str | None = None) -> tuple[str, str | None]:
+def decide_status(*, diverged: bool, done: bool, errored: bool, pruned: bool, ended: bool,
+                  running: bool = False) -> TrialStatus:
+    """The one place a trial's status is decided, from plain facts: divergence wins (it is never retried), then
+    an error; a trial that has ended is COMPLETED (all epochs), PRUNED (the scheduler stopped it) or
+    INTERRUPTED (the driver stopped first); else it is RUNNING or PENDING."""
+    if diverged:
+        return TrialStatus.DIVERGED
+    if errored:
+        return TrialStatus.ERROR
+    if ended:
+        if done:
+            return TrialStatus.COMPLETED
+        return TrialStatus.PRUNED if pruned else TrialStatus.INTERRUPTED
+    return TrialStatus.RUNNING if running else TrialStatus.PENDING
+
+
+def _status(trial: Trial, scheduler: TrialScheduler, ending: str | None = None) -> tuple[TrialStatus, str | None]:
     """``ending`` is the status Tune is about to give the trial (callbacks run before it is set)."""
     last = trial.last_result or {}
     stopped = getattr(scheduler, "stopped", {})
-    status = ending or trial.status
-    if last.get(DIVERGED_KEY):
-        return "DIVERGED", str(last.get("divergence_reason", ""))
-    if status == Trial.ERROR:
-        return "ERROR", _error_reason(trial)
-    if status == Trial.TERMINATED:
-        if last.get(DONE_KEY):
-            return "COMPLETED", None
-        if trial.trial_id in stopped:
-            return "PRUNED", stopped[trial.trial_id]
-        return "INTERRUPTED", None
-    if status == Trial.RUNNING:
-        return "RUNNING", None
-    return "PENDING", None
+    tune_status = ending or trial.status
+    status = decide_status(diverged=bool(last.get(DIVERGED_KEY)), done=bool(last.get(DONE_KEY)),
+                           errored=tune_status == Trial.ERROR, pruned=trial.trial_id in stopped,
+                           ended=tune_status == Trial.TERMINATED, running=tune_status == Trial.RUNNING)
+    reason = {TrialStatus.DIVERGED: lambda: str(last.get("divergence_reason", "")),
+              TrialStatus.ERROR: lambda: _error_reason(trial),
+              TrialStatus.PRUNED: lambda: stopped[trial.trial_id]}.get(status, lambda: None)()
+    return status, reason
 
 
 def _error_reason(trial: Trial) -> str:
@@ -242,8 +256,8 @@ class TrialsTableWriter(tune.Callback):
 class Outcome:
     """What a fit produced, as plain data."""
     requested: int
-    finished: int                 # COMPLETED + DIVERGED + PRUNED + ERROR (nothing left to do)
-    statuses: dict[str, str]      # trial id → status
+    finished: int                 # trials in a TERMINAL status (nothing left to do in this run)
+    statuses: dict[str, TrialStatus]   # trial id → status
     interrupted: bool
 
 
@@ -260,7 +274,7 @@ def stop_epochs(scheduler: TrialScheduler) -> tuple[int, ...]:
     """The epochs at which ``scheduler`` may stop a trial (the rungs of ASHA; none for FIFO)."""
     if not isinstance(scheduler, AsyncHyperBandScheduler):
         return ()
-    return tuple(sorted({int(milestone) for bracket in scheduler._brackets for milestone, _ in bracket._rungs}))
+    return compat.asha_rung_epochs(scheduler)
 
 
 def _absolute(results: str) -> str:
@@ -289,10 +303,9 @@ def build_tuner(space: SearchSpace, config: StudyConfig, location: StudyLocation
     if resume:
         tuner = tune.Tuner.restore(location.tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=location.fs)
-        scheduler = tuner._local_tuner._tune_config.scheduler  # restored with the experiment
+        scheduler = compat.restored_scheduler(tuner)  # restored with the experiment
         callback.scheduler = scheduler
-        # callbacks are not part of the stored experiment: attach ours again
-        tuner._local_tuner._run_config.callbacks = [callback]
+        compat.set_restored_callbacks(tuner, [callback])
         return tuner, callback
     callback.scheduler = scheduler
     tune_config = tune.TuneConfig(search_alg=make_searcher(space, config, location), scheduler=scheduler,
@@ -309,25 +322,18 @@ def fit(tuner: tune.Tuner, requested: int, scheduler: TrialScheduler | None) -> 
     # trials the scheduler stopped early are finished (PRUNED), not unfinished: else the study would report
     # itself interrupted, and every resume would again
     stopped = getattr(scheduler, "stopped", {})
-    statuses: dict[str, str] = {}
+    statuses: dict[str, TrialStatus] = {}
     for result in grid:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or os.path.basename(result.path)
-        if metrics.get(DIVERGED_KEY):
-            statuses[trial_id] = "DIVERGED"
-        elif metrics.get(DONE_KEY):
-            statuses[trial_id] = "COMPLETED"
-        elif result.error is not None:
-            statuses[trial_id] = "ERROR"
-        elif trial_id in stopped:
-            statuses[trial_id] = "PRUNED"
-        else:
-            statuses[trial_id] = "UNFINISHED"
+        # a result without an error that is neither done nor pruned ended with the driver: INTERRUPTED
+        statuses[trial_id] = decide_status(diverged=bool(metrics.get(DIVERGED_KEY)), done=bool(metrics.get(DONE_KEY)),
+                                           errored=result.error is not None, pruned=trial_id in stopped, ended=True)
     return statuses_outcome(statuses, requested)
 
 
-def statuses_outcome(statuses: dict[str, str], requested: int) -> Outcome:
-    finished = sum(1 for s in statuses.values() if s != "UNFINISHED")
+def statuses_outcome(statuses: dict[str, TrialStatus], requested: int) -> Outcome:
+    finished = sum(1 for s in statuses.values() if s in TERMINAL)
     return Outcome(requested=requested, finished=finished, statuses=statuses,
                    interrupted=finished < requested)
 
@@ -346,29 +352,3 @@ def finish_study(location: StudyLocation, outcome: Outcome, metric: str) -> dict
     for trial_id in removed:
         recorder.remove_trial(location, trial_id)
     return {"optuna_failed": failed, "partitions_removed": removed}
-
-
-def record_retried(study: optuna.Study, table, metric: str) -> list[int]:
-    """Trials that ended in ERROR (Optuna: FAIL) and were then retried by ``--resume`` to COMPLETED or PRUNED.
-    Tune does not tell the searcher about a trial it restores after an error, and finished Optuna trials are
-    immutable: the new outcome becomes a new Optuna trial with the same parameters, the study trial's id and
-    ``retry_of`` = the failed one's number, so the sampler learns it and `study.verify` pairs them. ``metric``:
-    the space's objective (its value is the table's ``final_<metric>``)."""
-    if table is None:
-        return []
-    by_tune: dict[str, list] = {}
-    for trial in study.get_trials(deepcopy=False):
-        by_tune.setdefault(trial.user_attrs.get(TUNE_ID_ATTR), []).append(trial)
-    added = []
-    for row in table.to_pylist():
-        matches = by_tune.get(row["trial_id"])
-        if not matches or matches[-1].state != TrialState.FAIL or row["status"] not in ("COMPLETED", "PRUNED"):
-            continue
-        last = matches[-1]
-        value = row.get(f"final_{metric}") if row["status"] == "COMPLETED" else None
-        state = TrialState.COMPLETE if isinstance(value, float) and math.isfinite(value) else TrialState.PRUNED
-        study.add_trial(optuna.trial.create_trial(
-            params=last.params, distributions=last.distributions, value=value if state == TrialState.COMPLETE
-            else None, state=state, user_attrs={**last.user_attrs, "retry_of": last.number}))
-        added.append(last.number)
-    return added

@@ -35,19 +35,7 @@ import pyarrow.parquet as pq
 from study.layout import (ATTEMPTS_DIR, OPTUNA_JOURNAL, SCHEMA_VERSION, STUDY_JSON, TRIALS_PARQUET,
                           StudyLocation)
 from study.recorder import parse_part
-
-FINISHED = ("COMPLETED", "DIVERGED", "PRUNED", "ERROR")   # nothing left to do for the driver
-TUNE_ID_ATTR = "tune_trial_id"
-# trials.parquet status → the Optuna states that agree with it
-OPTUNA_STATES = {
-    "COMPLETED": {"COMPLETE"},
-    "DIVERGED": {"FAIL"},
-    "ERROR": {"FAIL"},
-    "PRUNED": {"PRUNED"},
-    "RUNNING": {"RUNNING"},
-    "PENDING": {"RUNNING", "WAITING"},
-    "INTERRUPTED": {"RUNNING"},
-}
+from study.statuses import TERMINAL, TrialStatus
 
 
 @dataclass(frozen=True)
@@ -233,10 +221,10 @@ def _check_trials(trials: list[dict[str, Any]] | None, row_counts: dict[str, int
     if report.complete:
         if len(set(ids)) != requested:
             report.add("trials", f"{len(set(ids))} trials recorded, {requested} requested")
-        unfinished = sorted(t["trial_id"] for t in trials if t["status"] not in FINISHED)
+        unfinished = sorted(t["trial_id"] for t in trials if t["status"] not in TERMINAL)
         if unfinished:
             report.add("trials", f"trial(s) {', '.join(unfinished)} not finished "
-                                 f"({', '.join(sorted({t['status'] for t in trials if t['status'] not in FINISHED}))})")
+                                 f"({', '.join(sorted({t['status'] for t in trials if t['status'] not in TERMINAL}))})")
         if unknown:
             report.add("trials", f"epoch rows of trial(s) {', '.join(unknown)} that {TRIALS_PARQUET} does not know")
     elif unknown:
@@ -245,15 +233,17 @@ def _check_trials(trials: list[dict[str, Any]] | None, row_counts: dict[str, int
     for t in trials:
         stored = row_counts.get(t["trial_id"], 0)
         done = int(t.get("epochs_done") or 0)
-        if t["status"] == "COMPLETED" and (stored != epochs or done != epochs):
+        if t["status"] not in TrialStatus.__members__:
+            report.add("trials", f"trial {t['trial_id']} has the unknown status {t['status']!r}")
+        elif t["status"] == TrialStatus.COMPLETED and (stored != epochs or done != epochs):
             report.add("trials", f"trial {t['trial_id']} is COMPLETED but has {stored} epoch rows and "
                                  f"epochs_done {done} (expected {epochs})")
-        elif t["status"] in ("DIVERGED", "PRUNED") and stored != done:
+        elif t["status"] in (TrialStatus.DIVERGED, TrialStatus.PRUNED) and stored != done:
             report.add("trials", f"trial {t['trial_id']} {t['status']} after {done} epochs but has {stored} epoch "
                                  "rows")
-        elif t["status"] in ("DIVERGED", "ERROR") and not t.get("reason"):
+        elif t["status"] in (TrialStatus.DIVERGED, TrialStatus.ERROR) and not t.get("reason"):
             report.add("trials", f"trial {t['trial_id']} is {t['status']} without a reason")
-        if stored > max(done, 0) and t["status"] in FINISHED:
+        if stored > max(done, 0) and t["status"] in TERMINAL:
             report.add("trials", f"trial {t['trial_id']} has {stored} epoch rows, more than its {done} epochs")
 
 
@@ -340,7 +330,7 @@ def _check_optuna(location: StudyLocation, trials: list[dict[str, Any]] | None, 
         return
     if not _journal_lines(location, report):
         return
-    from study.optuna_store import ArrowJournalBackend
+    from study.optuna_store import OPTUNA_STATES, TUNE_ID_ATTR, ArrowJournalBackend
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -372,11 +362,11 @@ def _check_optuna(location: StudyLocation, trials: list[dict[str, Any]] | None, 
         diff = _diff(_normalise_params(ot.params), _trial_params(t))
         if diff:
             report.add("optuna", f"trial {t['trial_id']}: Optuna trial {ot.number} has other parameters ({diff})")
-        expected = OPTUNA_STATES.get(t["status"], set())
+        expected = OPTUNA_STATES.get(t["status"], frozenset())
         if ot.state.name not in expected:
             report.add("optuna", f"trial {t['trial_id']} is {t['status']} but Optuna trial {ot.number} is "
                                  f"{ot.state.name} (expected {' or '.join(sorted(expected))})")
-        elif t["status"] == "COMPLETED" and metric and t.get(f"final_{metric}") is not None:
+        elif t["status"] == TrialStatus.COMPLETED and metric and t.get(f"final_{metric}") is not None:
             if not _same(ot.value, t[f"final_{metric}"]):
                 report.add("optuna", f"trial {t['trial_id']}: Optuna value {ot.value} differs from final_{metric} "
                                      f"{t[f'final_{metric}']}")

@@ -104,10 +104,13 @@ def test_report_on_a_study_being_written(tmp_path: Path):
     (root / "study.json").write_text(json.dumps({"study": "live"}))
     assert report_cli.main([str(root)]) == 0
     assert "No epoch rows yet" in (root / "report" / "report.html").read_text()
+    go = root / "go"
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import os, time
         from analysis.synthetic import dataset
         df = dataset(["grokking"] * 4, epochs=200, seed=5, study="live")
+        while not os.path.exists({str(go)!r}):   # start together with the reader
+            time.sleep(0.05)
         for first in range(0, 200, 20):
             for (tid,), part in df.filter(df["epoch"] // 20 == first // 20).group_by("trial_id"):
                 folder = os.path.join({str(root)!r}, "epochs", f"trial_id={{tid}}")
@@ -115,16 +118,40 @@ def test_report_on_a_study_being_written(tmp_path: Path):
                 tmp = os.path.join(folder, ".tmp-part.partial")
                 part.write_parquet(tmp)
                 os.replace(tmp, os.path.join(folder, f"part-{{first:06d}}-{{first + 19:06d}}.parquet"))
-            time.sleep(0.2)
+            time.sleep(0.5)
         """)], cwd=ROOT, env=ENV)
+    seen_while_writing: list[int] = []   # epochs per trial in each report made while the writer ran
     try:
+        go.touch()
         while writer.poll() is None:
             assert report_cli.main([str(root)]) == 0
+            if writer.poll() is None:
+                summary = (root / "report" / "summary.md").read_text()
+                rows = pl.read_parquet(root / "report" / "classes.parquet")
+                seen_while_writing.append(int(rows["n_epochs"].max()) if rows.height else 0)
+                assert "Study report" in summary
     finally:
         writer.wait(timeout=120)
     assert writer.returncode == 0
+    # the reader really overlapped the writer: some report saw a part of the epochs, not none and not all
+    assert any(0 < n < 200 for n in seen_while_writing), seen_while_writing
     events = pl.read_parquet(root / "report" / "events.parquet")
     assert events.schema == pl.Schema(EVENT_SCHEMA)
+
+
+def test_compute_returns_frames_draw_returns_figures_and_neither_writes(studies, tmp_path: Path):
+    out = tmp_path / "never-written"
+    options = report_cli.ReportOptions(studies=(studies[1],), out=out)
+    before = sorted(p.relative_to(studies[1]) for p in studies[1].rglob("*"))
+    data = report_cli.compute(options)
+    assert isinstance(data.trial_summary, pl.DataFrame) and isinstance(data.curves, pl.DataFrame)
+    assert not hasattr(data, "figures")
+    figs = report_cli.draw(data)
+    assert {"curves", "timeline", "classes"} <= set(figs)
+    assert all(png.startswith(b"\x89PNG") for png in figs.values())
+    assert not out.exists() and sorted(p.relative_to(studies[1]) for p in studies[1].rglob("*")) == before
+    page = report_cli.render_html(data, figs)
+    assert base64.b64encode(figs["curves"]).decode() in page
 
 
 def test_bad_input_exits_2_and_keeps_the_previous_report(report: Path, studies, tmp_path: Path, capsys):
@@ -165,7 +192,7 @@ def test_detect_cli_json_lines_and_errors(studies):
 
 
 def test_detect_cli_text_and_missing_path(studies, capsys):
-    from analysis import detect_cli
+    from analysis.detect import cli as detect_cli
     assert detect_cli.main([str(studies[1])]) == 0
     out = capsys.readouterr().out
     assert "grokking" in out and "events (" in out
@@ -186,3 +213,23 @@ def test_direction_of_the_ranking_metric_decides_the_ranking(studies, tmp_path: 
     assert mode == "min" and (best_min <= best_default).all() and (best_min < best_default).any()
     assert ranking(directions=(("heldout_acc", "min"),), mode="max")[0] == "max"
     assert ranking(directions=(("train_acc", "min"),))[0] == "max"      # another metric's direction: no effect
+
+
+def test_python_m_analysis_detect_runs_the_detectors_module_once():
+    """`python -m analysis.detect` runs `analysis/detect/__main__.py`; the detectors are the one imported module
+    (a module run as __main__ and imported again would define every detector twice)."""
+    code = textwrap.dedent("""
+        import runpy, sys
+        import analysis.detect as detect
+        sys.argv = ["analysis.detect", "--help"]
+        try:
+            runpy.run_module("analysis.detect", run_name="__main__")
+        except SystemExit as exit:
+            assert exit.code == 0, exit.code
+        from analysis.detect import cli
+        assert cli.grokking is detect.grokking and sys.modules["analysis.detect"] is detect
+        print("once")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("once"), proc.stderr

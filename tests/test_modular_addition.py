@@ -40,15 +40,15 @@ def _without_timing(rows):
 # ------------------------------------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("overrides, words", [
-    ({"optim.weight_decy": 1.0}, ["unknown key", "'optim.weight_decy'", "optim.weight_decay"]),
-    ({"modulus": 7}, ["unknown key", "'modulus'"]),
-    ({"data.modulus.x": 7}, ["unknown key", "'data.modulus.x'"]),
+    ({"optim.weight_decy": 1.0}, ["unknown config key", "'optim.weight_decy'", "optim.weight_decay"]),
+    ({"modulus": 7}, ["unknown config key", "'modulus'"]),
+    ({"data.modulus.x": 7}, ["unknown config key", "'data.modulus.x'"]),
     ({"optim": 1.0}, ["'optim' is a section"]),
-    ({"data.modulus": 7.5}, ["data.modulus", "must be an int", "7.5"]),
-    ({"data.modulus": "13"}, ["data.modulus", "must be an int"]),
-    ({"steps_per_epoch": True}, ["steps_per_epoch", "must be an int"]),
-    ({"optim.weight_decay": "1"}, ["optim.weight_decay", "must be a float"]),
-    ({"model.activation": "tanh"}, ["model.activation", "must be one of", "'tanh'"]),
+    ({"data.modulus": 7.5}, ["data.modulus", "expected an int", "7.5"]),
+    ({"data.modulus": "13"}, ["data.modulus", "expected an int"]),
+    ({"steps_per_epoch": True}, ["steps_per_epoch", "expected an int"]),
+    ({"optim.weight_decay": "1"}, ["optim.weight_decay", "expected a float"]),
+    ({"model.activation": "tanh"}, ["model.activation", "is not one of", "'tanh'"]),
     ({"data.train_fraction": 0.0}, ["data.train_fraction", "(0, 1]"]),
     ({"data.train_fraction": 1.5}, ["data.train_fraction", "(0, 1]"]),
     ({"optim.weight_decay": -0.1}, ["optim.weight_decay", ">= 0"]),
@@ -107,11 +107,12 @@ def test_resume_is_exact(tmp_path):
     first = make_run("modular_addition", SMALL, epochs=12, seed=3)
     head = _train(first, 5)
     first.save(tmp_path / "ckpt")
-    rng_after_save = torch.rand(3)
     del first
     torch.manual_seed(999)  # disturb every global RNG between save and load
+    untouched = torch.rand(3)
+    torch.manual_seed(999)
     resumed = load_run("modular_addition", tmp_path / "ckpt")
-    assert torch.equal(torch.rand(3), rng_after_save)  # the torch RNG state came back with the run
+    assert torch.equal(torch.rand(3), untouched)  # loading a run leaves the process's RNG alone
     assert resumed.epoch == 5 and resumed.epochs == 12
     tail = _train(resumed, 7)
 
@@ -119,6 +120,19 @@ def test_resume_is_exact(tmp_path):
     assert {k: v for k, v in resumed.summary().items() if k != "epoch_seconds"} == \
            {k: v for k, v in straight.summary().items() if k != "epoch_seconds"}
     assert resumed.summary()["best_train_acc"] == max(r["train_acc"] for r in expected)
+
+
+def test_the_run_keeps_its_rng_to_itself():
+    torch.manual_seed(7)
+    untouched = torch.rand(3)
+    torch.manual_seed(7)
+    run = make_run("modular_addition", SMALL, epochs=2, seed=3)
+    run.train_epoch()
+    assert torch.equal(torch.rand(3), untouched)  # building and training left the process's RNG alone
+    torch.manual_seed(12345)
+    again = make_run("modular_addition", SMALL, epochs=2, seed=3)
+    assert torch.equal(again.model[0].weight, make_run("modular_addition", SMALL, epochs=2, seed=3).model[0].weight)
+    assert not torch.equal(again.model[0].weight, make_run("modular_addition", SMALL, epochs=2, seed=4).model[0].weight)
 
 
 def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
@@ -160,7 +174,7 @@ def test_cli_trains_and_refuses_unknown_keys():
     assert result["epochs"] == 3 and result["overrides"] == SMALL and 0.0 <= result["final_heldout_acc"] <= 1.0
     bad = subprocess.run(command + ["--set", "optim.weight_decy=1"], capture_output=True, text=True, timeout=120,
                          cwd=REPO)
-    assert bad.returncode == 2 and "unknown key 'optim.weight_decy'" in bad.stderr
+    assert bad.returncode == 2 and "unknown config key 'optim.weight_decy'" in bad.stderr
 
 
 # ------------------------------------------------------------------------------------------- search space

@@ -138,15 +138,23 @@ def test_learnable_curvature_receives_gradients():
 
 @pytest.mark.slow
 def test_compiled_steps_train_like_eager_steps():
-    """`compile=True` (torch.compile of each step's loss): same recipe, same seed, losses of the same size."""
+    """`compile=True` (torch.compile of each step's loss): same recipe, same seed, every loss term alike. The first
+    epoch starts from the same weights (its terms agree to 1e-3); fused kernels round differently, so later epochs
+    drift apart (measured: at most 16 % in one term by epoch 3): each term must then be within 25 %, which still
+    catches a term that is missing, extra, or weighted 2x."""
     eager = make_run("ternary_vae", TINY_ALL_PHASES, epochs=3, seed=0)
     compiled = trainer.make_run(TINY_ALL_PHASES, epochs=3, seed=0, compile=True)
     assert compiled.execution.compile and not eager.execution.compile
-    for _ in range(3):
+    for epoch in range(3):
         e, c = eager.train_epoch(), compiled.train_epoch()
         assert e["phase"] == c["phase"]
-        assert math.isfinite(c["loss"])
-        assert c["loss"] == pytest.approx(e["loss"], rel=0.05)
+        tolerance = 1e-3 if epoch == 0 else 0.25
+        for term in trainer.TERMS:
+            key = f"loss_{term}"
+            assert math.isfinite(c[key]), key
+            assert (c[key] == 0.0) == (e[key] == 0.0), f"epoch {epoch}: {key} eager {e[key]} compiled {c[key]}"
+            assert c[key] == pytest.approx(e[key], rel=tolerance), f"epoch {epoch}: {key}"
+        assert sum(e[f"loss_{t}"] != 0.0 for t in trainer.TERMS) >= (1 if epoch == 0 else 4)
 
 
 def test_gradients_handed_over_train_like_gradients_added_in_place():

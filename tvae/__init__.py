@@ -1,1 +1,1 @@
-"""tvae: a from-scratch TernaryVAE trainer (SPEC §3) and the task interface the study drives."""
+"""tvae: a from-scratch TernaryVAE trainer (tvae/README.md, docs/design.md) and the task interface the study drives."""

@@ -1,19 +1,21 @@
 """Typed, strict configuration of the TernaryVAE trainer.
 
 Nested dataclasses; every key is reachable as a dotted path (``loss.rank.weight``). Unknown keys and values
-of the wrong type raise `ConfigError` naming the key. Presets are functions returning a fresh `Config`.
+of the wrong type raise `ConfigError` naming the key (the shared layer, ``tvae.configlib``). Presets are
+functions returning a fresh `Config`; `validate` holds the range checks types cannot express.
 """
 from __future__ import annotations
 
 import dataclasses
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from tvae.configlib import (ConfigError, flatten_mapping, from_dict, parse_assignment, parse_assignments,
+                            parse_value, set_key)
 
-class ConfigError(ValueError):
-    """A configuration key is unknown, or its value has the wrong type or range. The message names the key."""
+__all__ = ["Config", "ConfigError", "PRESETS", "build", "dump_yaml", "from_dict", "load_yaml", "parse_assignment",
+           "parse_assignments", "parse_value", "preset", "set_key", "to_dict", "validate"]
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -259,113 +261,8 @@ def preset(name: str) -> Config:
 
 # --------------------------------------------------------------------------------------------- checking
 
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check (and minimally convert: int -> float) ``value`` against the annotation ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(c) for c in choices)}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a bool, got {type(value).__name__} {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an int, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a float, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a str, got {type(value).__name__} {value!r}")
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(f"{key}[{i}]", item, item_tp) for i, item in enumerate(value)]
-    if is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
-        return from_dict(tp, value, prefix=key + ".")
-    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover
-
-
-def from_dict(cls: type, data: Mapping[str, Any], *, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested mapping; missing keys keep their defaults."""
-    hints = _hints(cls)
-    known = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"unknown config key {prefix}{key!s}; known keys here: {', '.join(sorted(known))}")
-    obj = cls()
-    for key, value in data.items():
-        setattr(obj, key, _coerce(prefix + key, value, hints[key]))
-    return obj
-
-
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
-
-
-def set_key(cfg: Config, key: str, value: Any) -> None:
-    """Set the dotted ``key`` of ``cfg`` to ``value`` after checking its type. Unknown keys raise."""
-    parts = key.split(".")
-    node: Any = cfg
-    for i, part in enumerate(parts):
-        path = ".".join(parts[: i + 1])
-        if not is_dataclass(node) or part not in {f.name for f in fields(node)}:
-            raise ConfigError(f"unknown config key {path!r}")
-        if i == len(parts) - 1:
-            tp = _hints(type(node))[part]
-            if is_dataclass(tp) and not isinstance(value, Mapping):
-                raise ConfigError(f"{key}: is a section; set one of its keys instead")
-            setattr(node, part, _coerce(key, value, tp))
-        else:
-            node = getattr(node, part)
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set key=value`` value: YAML scalars and lists (``0.3``, ``true``, ``cosine``, ``[..]``)."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse value {text!r}: {exc}") from None
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    return key.strip(), parse_value(raw)
-
-
-def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
-    for key, value in overrides.items():
-        set_key(cfg, key, value)
-    validate(cfg)
-    return cfg
 
 
 def validate(cfg: Config) -> None:
@@ -418,16 +315,6 @@ def build(preset_name: str = "v5_12_4", *, config_file: str | Path | None = None
     return cfg
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def load_yaml(path: str | Path, *, base: Config | None = None) -> Config:
     """Read a (possibly partial) YAML config on top of ``base`` (default: its own ``preset`` or v5_12_4)."""
     import yaml
@@ -445,7 +332,7 @@ def load_yaml(path: str | Path, *, base: Config | None = None) -> Config:
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     if base is None:
         base = preset(str(data.get("preset", "v5_12_4")))
-    for key, value in _flatten(data).items():
+    for key, value in flatten_mapping(data).items():
         set_key(base, key, value)
     validate(base)
     return base
@@ -455,21 +342,3 @@ def dump_yaml(cfg: Config) -> str:
     import yaml
 
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def keys_table(cfg: Config | None = None) -> list[tuple[str, str, Any]]:
-    """(dotted key, type, default) for every leaf key: the documentation table."""
-    cfg = cfg or Config()
-    rows: list[tuple[str, str, Any]] = []
-
-    def walk(node: Any, prefix: str) -> None:
-        hints = _hints(type(node))
-        for f in fields(node):
-            value = getattr(node, f.name)
-            if is_dataclass(value):
-                walk(value, f"{prefix}{f.name}.")
-            else:
-                rows.append((f"{prefix}{f.name}", _type_name(hints[f.name]), value))
-
-    walk(cfg, "")
-    return rows

@@ -132,9 +132,3 @@ class StratifiedSampler:
             keep = torch.argsort(torch.rand(self.n_batches, n_slots_total, generator=gen, device=dev), dim=1)[:, : self.batch_size]
             batch = torch.gather(batch, 1, keep)
         return batch
-
-
-def shuffled_batches(train: torch.Tensor, batch_size: int, gen: torch.Generator | None = None) -> list[torch.Tensor]:
-    """One pass over the training operations in random order (the coverage phase)."""
-    perm = train[torch.randperm(len(train), generator=gen, device=train.device)]
-    return list(torch.split(perm, batch_size))

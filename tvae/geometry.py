@@ -30,10 +30,3 @@ def log0(z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     sc = c.sqrt()
     n = z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return _atanh_clamped(sc * n) / (sc * n) * z
-
-
-def euclidean_norm_for_radius(r: float, c: float = 1.0) -> float:
-    """Inverse of `radius` for a scalar (documentation and tests)."""
-    import math
-
-    return math.tanh(math.sqrt(c) * r / 2.0) / math.sqrt(c)

@@ -1,4 +1,4 @@
-"""The positive control known to grok (SPEC §6.4): modular addition (a + b) mod p.
+"""The positive control known to grok: modular addition (a + b) mod p (``docs/positive-control.md``).
 
 Every pair (a, b) with 0 <= a, b < p is one example; its label is (a + b) mod p. A seeded split (the same for
 every run with the same ``data.split_seed``) keeps ``data.train_fraction`` of the pairs for training and holds
@@ -12,17 +12,15 @@ much later; with weight decay 0 the run memorises and stays at chance on the hel
 train fraction both happen almost together.
 
 Implements the `Run` protocol of ``tvae.tasks``. Overrides are dotted keys of `Config`
-(``optim.weight_decay``, ``data.train_fraction``, ``data.modulus``, ``model.hidden``, ``steps_per_epoch``, …).
+(``optim.weight_decay``, ``data.train_fraction``, ``data.modulus``, ``model.hidden``, ``steps_per_epoch``, …),
+checked by the config layer every task shares (``tvae.configlib``). The run's random state is its own
+(``tvae.rng``): building, training and restoring a run leave the process's generators as they were.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
-import os
-import random
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -31,6 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tvae import checkpoint, configlib
+from tvae.configlib import ConfigError
+from tvae.rng import RunRNG
 from tvae.tasks import DivergedError
 
 CHECKPOINT_NAME = "modular_addition.pt"
@@ -95,92 +96,23 @@ class Config:
 
 def _check(ok: bool, key: str, problem: str) -> None:
     if not ok:
-        raise ValueError(f"modular_addition config: {key} {problem}")
+        raise ConfigError(f"modular_addition config: {key} {problem}")
 
 
-def config_keys(cls: type = Config, prefix: str = "") -> list[str]:
+def config_keys() -> list[str]:
     """Every dotted key `apply_overrides` accepts."""
-    keys: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += config_keys(hints[f.name], prefix + f.name + ".")
-        else:
-            keys.append(prefix + f.name)
-    return keys
-
-
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Return ``value`` as the field's type, or raise ValueError naming ``key``. No string parsing, no bools
-    for numbers."""
-    if typing.get_origin(annotation) is Literal:
-        choices = typing.get_args(annotation)
-        if value not in choices:
-            raise ValueError(f"modular_addition config: {key} must be one of {list(choices)}, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"modular_addition config: {key} must be an int, got {type(value).__name__} {value!r}")
-        return int(value)
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"modular_addition config: {key} must be a float, got {type(value).__name__} {value!r}")
-        return float(value)
-    raise TypeError(f"modular_addition config: no coercion for {key} ({annotation!r})")  # a bug here, not input
+    return configlib.leaf_keys(Config)
 
 
 def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
-    """A new `Config` with dotted ``overrides`` applied. Unknown keys and wrong types raise ``ValueError``
-    naming the key; range checks run on the result."""
-    updates: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if not isinstance(key, str):
-            raise ValueError(f"modular_addition config: override keys must be strings, got {key!r}")
-        updates[key] = value
-    return _replace(config, updates, "")
-
-
-def _replace(obj: Any, updates: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    changes: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {}
-    for key, value in updates.items():
-        head, _, rest = key.partition(".")
-        full = prefix + key
-        if head not in names:
-            raise ValueError(f"modular_addition config: unknown key {full!r}; known keys: "
-                             f"{', '.join(config_keys())}")
-        sub = dataclasses.is_dataclass(hints[head])
-        if sub and not rest:
-            raise ValueError(f"modular_addition config: {full!r} is a section; set one of its keys "
-                             f"({prefix}{head}.<name>)")
-        if not sub and rest:
-            raise ValueError(f"modular_addition config: unknown key {full!r}; known keys: "
-                             f"{', '.join(config_keys())}")
-        if sub:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            changes[head] = _coerce(full, value, hints[head])
-    for head, sub_updates in nested.items():
-        changes[head] = _replace(getattr(obj, head), sub_updates, prefix + head + ".")
-    return dataclasses.replace(obj, **changes)
+    """A new `Config` with dotted ``overrides`` applied. Unknown keys and wrong types raise `ConfigError` (a
+    ``ValueError``) naming the key; range checks run on the result."""
+    return configlib.replace(config, overrides)
 
 
 def flatten(config: Config) -> dict[str, Any]:
     """The config as dotted keys (the inverse of `apply_overrides` on the defaults)."""
-    out: dict[str, Any] = {}
-
-    def walk(obj: Any, prefix: str) -> None:
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                walk(value, prefix + f.name + ".")
-            else:
-                out[prefix + f.name] = value
-
-    walk(config, "")
-    return out
+    return configlib.flatten(config)
 
 
 # ------------------------------------------------------------------------------------------------ data, model
@@ -215,7 +147,8 @@ _ACTIVATIONS = {"square": _Square, "relu": torch.nn.ReLU, "gelu": torch.nn.GELU}
 
 
 def build_model(config: Config) -> torch.nn.Module:
-    """one-hot(a) ⊕ one-hot(b) → Linear(2p, hidden) → activation → Linear(hidden, p). Uses the global torch RNG."""
+    """one-hot(a) ⊕ one-hot(b) → Linear(2p, hidden) → activation → Linear(hidden, p). Draws its initial weights
+    from the torch RNG in force (the run's own, inside ``RunRNG.active``)."""
     p, m = config.data.modulus, config.model
     model = torch.nn.Sequential(torch.nn.Linear(2 * p, m.hidden), _ACTIVATIONS[m.activation](),
                                 torch.nn.Linear(m.hidden, p))
@@ -224,36 +157,6 @@ def build_model(config: Config) -> torch.nn.Module:
             for parameter in model.parameters():
                 parameter.mul_(m.init_scale)
     return model
-
-
-# ------------------------------------------------------------------------------------------------------ RNG
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch RNG states in a form ``torch.load(weights_only=True)`` accepts."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss],
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -274,7 +177,9 @@ class ModularAdditionRun:
         self.seed = seed
         self.device = device
         self.data = build_dataset(config.data, device)
-        self.model = build_model(config).to(device)
+        self.rng = RunRNG.seeded(seed, device)
+        with self.rng.active():
+            self.model = build_model(config).to(device)
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay,
                                            betas=(o.beta1, o.beta2), eps=o.eps)
@@ -287,6 +192,15 @@ class ModularAdditionRun:
         if self.epoch >= self.epochs:
             raise RuntimeError(f"modular_addition: all {self.epochs} epochs are already trained")
         start = time.perf_counter()
+        with self.rng.active():
+            row = self._train_epoch()
+        row["epoch_seconds"] = time.perf_counter() - start
+        self._update_bests(row)
+        self.last_row = row
+        self.epoch += 1
+        return dict(row)
+
+    def _train_epoch(self) -> dict[str, Any]:
         x = self.data.inputs[self.data.train_index]
         y = self.data.labels[self.data.train_index]
         params = [p for p in self.model.parameters()]
@@ -313,11 +227,7 @@ class ModularAdditionRun:
         for name in ("loss", "train_loss", "grad_norm", "weight_norm"):
             if not math.isfinite(row[name]):
                 raise DivergedError(f"modular_addition: non-finite {name} ({row[name]}) at epoch {self.epoch}")
-        row["epoch_seconds"] = time.perf_counter() - start
-        self._update_bests(row)
-        self.last_row = row
-        self.epoch += 1
-        return dict(row)
+        return row
 
     @torch.no_grad()
     def _evaluate(self) -> dict[str, float]:
@@ -347,19 +257,11 @@ class ModularAdditionRun:
 
     def save(self, directory: str | Path) -> None:
         """Write ``DIR/modular_addition.pt`` atomically (temporary file, fsync, rename)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {"format": CHECKPOINT_FORMAT, "config": flatten(self.config), "epochs": self.epochs,
                  "epoch": self.epoch, "seed": self.seed, "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "bests": dict(self.bests),
+                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.state_dict(), "bests": dict(self.bests),
                  "last_row": self.last_row}
-        final = directory / CHECKPOINT_NAME
-        temporary = directory / f".{CHECKPOINT_NAME}.{os.getpid()}.tmp"
-        with open(temporary, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
+        checkpoint.save(Path(directory) / CHECKPOINT_NAME, state)
 
 
 # --------------------------------------------------------------------------------------- task entry points
@@ -368,7 +270,6 @@ def make_run(overrides: Mapping[str, Any], *, epochs: int | None = None, seed: i
              device: str = "cpu") -> ModularAdditionRun:
     """A fresh run. Unknown or mistyped override keys raise ``ValueError`` naming the key."""
     config = apply_overrides(Config(), overrides)
-    seed_everything(seed)
     return ModularAdditionRun(config, epochs=config.epochs if epochs is None else epochs, seed=seed,
                               device=device)
 
@@ -379,7 +280,7 @@ def load_run(directory: str | Path, *, device: str = "cpu") -> ModularAdditionRu
     if not path.is_file():
         raise FileNotFoundError(f"modular_addition: no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"unknown checkpoint format {state.get('format') if isinstance(state, dict) else state!r}")
         config = apply_overrides(Config(), state["config"])
@@ -389,7 +290,7 @@ def load_run(directory: str | Path, *, device: str = "cpu") -> ModularAdditionRu
         run.epoch = state["epoch"]
         run.bests = dict(state["bests"])
         run.last_row = state["last_row"]
-        set_rng_state(state["rng"])
+        run.rng.load_state_dict(state["rng"])
     except Exception as error:  # a torn, truncated or foreign file: say which file and why
         raise ValueError(f"modular_addition: cannot restore the checkpoint {path}: {error}") from error
     return run
@@ -408,15 +309,6 @@ def milestones(rows: list[Mapping[str, Any]], *, train_level: float = 0.99,
     return out
 
 
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m tvae.modular_addition [--set key=value …] [--epochs N] [--seed S]``: train one run on one CPU
     thread, print a curve every ``--every`` epochs, the milestone epochs and one JSON line (with wall and process
@@ -433,14 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--every", type=int, default=25, help="print a curve row every N epochs (0: none)")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = _parse_value(value.strip())
     torch.set_num_threads(args.threads)
     try:
+        overrides = configlib.parse_assignments(args.set)
         run = make_run(overrides, epochs=args.epochs, seed=args.seed)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

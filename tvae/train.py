@@ -2,6 +2,11 @@
 
     python -m tvae.train --preset v5_12_4 --epochs 100 --seed 0 --out runs/s0
     python -m tvae.train --out runs/s0 --resume --epochs 150      # continue (and extend) a run
+    python -m tvae.train --preset v5_12_4 --epochs 100 --seed 0 --out runs/s0 --resume   # the same command, resumed
+
+With --resume the configuration comes from the checkpoint. --preset, --config, --set and --seed may be given
+again: each must match the checkpoint, and one that differs is refused naming the key and both values.
+--epochs sets the new total (it may grow); --device, --threads, --compile and --checkpoint-every are free.
 
 Exit codes: 0 done, 2 bad input (unknown key, wrong type, missing/corrupt file), 3 training diverged.
 """
@@ -40,6 +45,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="cohort members take each of these values (repeatable; members are the combinations)")
     return p
+
+
+def check_resume_matches(stored: Any, args: argparse.Namespace, out: Path) -> None:
+    """Refuse ``--resume`` when --preset/--config/--set/--seed give a value the checkpoint's config does not have
+    (``epochs`` excepted: it may grow). Names every differing key with both values."""
+    import copy
+
+    from tvae import config as config_mod
+    from tvae.configlib import flatten
+
+    probe = copy.deepcopy(stored)
+    if args.preset is not None:
+        config_mod.set_key(probe, "preset", args.preset)
+    if args.config is not None:
+        probe = config_mod.load_yaml(args.config, base=probe)
+    for key, value in config_mod.parse_assignments(args.sets).items():
+        config_mod.set_key(probe, key, value)
+    if args.seed is not None:
+        config_mod.set_key(probe, "seed", args.seed)
+    have, given = flatten(stored), flatten(probe)
+    differing = [f"{key}: the checkpoint has {have[key]!r}, the command gives {given[key]!r}"
+                 for key in have if key != "epochs" and have[key] != given[key]]
+    if differing:
+        raise config_mod.ConfigError(f"--resume: the command differs from the run in {out}: " + "; ".join(differing)
+                                     + ". Resume without these options, or start a new run with another --out.")
 
 
 def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -99,15 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_dir = out / "checkpoints"
     try:
         if args.resume:
-            if args.sets or args.config or args.preset or args.seed is not None:
-                raise config_mod.ConfigError("--resume takes the config from the checkpoint; "
-                                             "only --epochs may change (drop --set/--config/--preset/--seed)")
             run = trainer.load_run(ckpt_dir, device=args.device, epochs=args.epochs, compile=args.compile)
+            check_resume_matches(run.cfg, args, out)
             rows = [r for r in _read_rows(out / "epochs.parquet") if r["epoch"] < run.epoch]
         else:
             if (ckpt_dir / trainer.CHECKPOINT_FILE).exists() or (out / "epochs.parquet").exists():
                 raise config_mod.ConfigError(f"{out} already holds a run; use --resume or another --out")
-            overrides = dict(config_mod.parse_assignment(s) for s in args.sets)
+            overrides = config_mod.parse_assignments(args.sets)
             cfg = config_mod.build(args.preset or "v5_12_4", config_file=args.config, overrides=overrides,
                                    epochs=args.epochs, seed=args.seed)
             run = trainer.run_from_config(cfg, args.device, compile=args.compile)

@@ -7,9 +7,9 @@ epochs, loss weights, homeostasis and evaluation settings (`PER_MEMBER`).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
-from tvae import config as config_mod
+from tvae.configlib import flatten
 from tvae.config import Config
 
 # dotted keys (or prefixes ending in ".") that may differ between the members of one cohort
@@ -29,17 +29,7 @@ PER_MEMBER: tuple[str, ...] = (
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(config_mod.to_dict(cfg), "")
-    return out
+    return flatten(cfg)
 
 
 def per_member(key: str) -> bool:

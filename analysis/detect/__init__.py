@@ -14,13 +14,12 @@ Every function takes and returns a `pl.LazyFrame`; nothing is collected. Event r
   collect_all_events(lf, …)                  → (grokking table, events) collected in one pass (an edge)
 
 The sorted frame and the window helpers are in `analysis.frames`.
-CLI (`analysis.detect_cli`): python -m analysis.detect PATH [PATH …] [--pair NAME] [--json] [--window N] …
+CLI (`analysis.detect.cli`): python -m analysis.detect PATH [PATH …] [--pair NAME] [--json] [--window N] …
 """
 from __future__ import annotations
 
 import json
 import math
-import sys
 from typing import Any, Mapping, Sequence
 
 import polars as pl
@@ -417,9 +416,3 @@ def auto_window(lf: pl.LazyFrame, *, fraction: float = 0.05, minimum: int = 5, m
     one-number aggregate, so CLIs use it; library callers who need to stay lazy pass a window."""
     n = lf.group_by(KEYS).agg(pl.len().alias("n")).select(pl.col("n").median()).collect().item()
     return int(min(maximum, max(minimum, round((n or 0) * fraction))))
-
-
-if __name__ == "__main__":
-    from analysis.detect_cli import main
-
-    sys.exit(main())

@@ -1,4 +1,6 @@
-"""`python -m analysis.detect PATH [PATH …] [--pair NAME] [--json] …`: classes per trial, then the events."""
+"""`python -m analysis.detect PATH [PATH …] [--pair NAME] [--json] …`: classes per trial, then the events.
+
+`analysis/detect/__main__.py` runs `main`; the detectors themselves are `analysis.detect`."""
 from __future__ import annotations
 
 import argparse

@@ -1,0 +1,116 @@
+"""Every use of a private Ray Tune or Optuna attribute, in one place, behind a version check.
+
+`study` needs a few things neither library offers publicly: the Optuna trial OptunaSearch keeps for a Tune
+trial, the rung epochs of an ASHA scheduler, the scheduler and callbacks of a restored Tuner, and failing a
+trial that another process left RUNNING. Each accessor below names the private attribute it reads; each was
+checked against the versions in `TESTED`. On any other version `require_tested_versions` (called by
+``study.run`` before it starts anything, and by each accessor) stops with a message saying which versions
+are installed and which are tested; ``TVAE_STUDY_ALLOW_UNTESTED=1`` skips the check at your own risk.
+"""
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from typing import Any
+
+# package -> the release prefixes (major.minor) these accessors were checked against
+TESTED: dict[str, tuple[str, ...]] = {"ray": ("2.60",), "optuna": ("5.1",)}
+ALLOW_ENV = "TVAE_STUDY_ALLOW_UNTESTED"
+
+
+class UntestedVersionError(RuntimeError):
+    """Ray or Optuna is a version the private-attribute accessors of `study.compat` were not checked against."""
+
+
+_checked = False
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def require_tested_versions() -> None:
+    global _checked
+    if _checked or os.environ.get(ALLOW_ENV) == "1":
+        return
+    wrong = []
+    for package, tested in TESTED.items():
+        try:
+            installed = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            wrong.append(f"{package} is not installed (tested: {', '.join(tested)}.x)")
+            continue
+        if _minor(installed) not in tested:
+            wrong.append(f"{package} {installed} is installed; tested: {', '.join(t + '.x' for t in tested)}")
+    if wrong:
+        raise UntestedVersionError(
+            "untested library version: " + "; ".join(wrong) + ". study/compat.py reads private attributes of Ray "
+            "Tune and Optuna that may differ in this version; install a tested version (pyproject.toml pins "
+            f"them), or set {ALLOW_ENV}=1 to run anyway.")
+    _checked = True
+
+
+# ------------------------------------------------------------------------------------------- OptunaSearch
+
+def searcher_optuna_trial(search: Any, tune_trial_id: str) -> Any | None:
+    """The Optuna trial OptunaSearch created for a Tune trial (``OptunaSearch._ot_trials``)."""
+    require_tested_versions()
+    return search._ot_trials.get(tune_trial_id)
+
+
+def searcher_tune_ids(search: Any) -> set[str]:
+    """The Tune trial ids OptunaSearch holds an Optuna trial for (``OptunaSearch._ot_trials``)."""
+    require_tested_versions()
+    return set(search._ot_trials)
+
+
+def searcher_completed(search: Any) -> set[str]:
+    """The Tune trial ids OptunaSearch has already told Optuna the end of (``_completed_trials``, mutable)."""
+    require_tested_versions()
+    return search._completed_trials
+
+
+def searcher_study(search: Any) -> Any:
+    """The `optuna.Study` OptunaSearch asks and tells (``OptunaSearch._ot_study``)."""
+    require_tested_versions()
+    return search._ot_study
+
+
+# ------------------------------------------------------------------------------------------- schedulers, Tuner
+
+def asha_metric(scheduler: Any) -> str:
+    """The metric an AsyncHyperBandScheduler compares (``_metric``)."""
+    require_tested_versions()
+    return scheduler._metric
+
+
+def asha_rung_epochs(scheduler: Any) -> tuple[int, ...]:
+    """The epochs at which an AsyncHyperBandScheduler may stop a trial (``_brackets[*]._rungs``)."""
+    require_tested_versions()
+    return tuple(sorted({int(milestone) for bracket in scheduler._brackets for milestone, _ in bracket._rungs}))
+
+
+def restored_scheduler(tuner: Any) -> Any:
+    """The scheduler a restored Tuner runs with (``Tuner._local_tuner._tune_config.scheduler``)."""
+    require_tested_versions()
+    return tuner._local_tuner._tune_config.scheduler
+
+
+def set_restored_callbacks(tuner: Any, callbacks: list[Any]) -> None:
+    """Callbacks are not stored with an experiment: attach them to a restored Tuner
+    (``Tuner._local_tuner._run_config.callbacks``)."""
+    require_tested_versions()
+    tuner._local_tuner._run_config.callbacks = callbacks
+
+
+# ------------------------------------------------------------------------------------------- Optuna storage
+
+def fail_trial(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
+    """Set user attributes on, and mark FAIL, a RUNNING trial this process does not own (a driver that was
+    killed left it): ``Study._storage`` and ``FrozenTrial._trial_id``."""
+    from optuna.trial import TrialState
+
+    require_tested_versions()
+    for key, value in attrs.items():
+        study._storage.set_trial_user_attr(trial._trial_id, key, value)
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
