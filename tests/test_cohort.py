@@ -154,11 +154,13 @@ def test_train_cli_writes_a_directory_per_member_and_resumes(tmp_path):
         d = out / m["directory"]
         assert {p.name for p in d.iterdir()} == {"epochs.parquet", "final.json", "config.yaml", "checkpoints"}
         assert pq.read_table(d / "epochs.parquet").column("epoch").to_pylist() == [0, 1]
-    assert train.main(["--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+    assert train.main(argv[:2] + ["--epochs", "3"] + argv[4:] + ["--resume"]) == 0       # the same command, resumed
     for m in members:
         assert pq.read_table(out / m["directory"] / "epochs.parquet").column("epoch").to_pylist() == [0, 1, 2]
         assert json.loads((out / m["directory"] / "final.json").read_text())["epochs_completed"] == 3
-    assert train.main(["--out", str(out), "--resume", "--seed", "4"]) == 2        # options belong to the checkpoint
+    assert train.main(argv + ["--resume"]) == 0                                      # nothing left to train
+    assert train.main(["--out", str(out), "--resume", "--seeds", "0,2"]) == 2         # other members
+    assert train.main(["--out", str(out), "--resume", "--set", "loss.rank.weight=2.0"]) == 2   # another value
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -35,6 +35,30 @@ def parse_vary(text: str) -> tuple[str, list[Any]]:
     return key.strip(), [config_mod.parse_value(v.strip()) for v in values.split(",")]
 
 
+def check_resume_matches(args, members: list[dict[str, Any]], configs: list, out: Path) -> None:
+    """``--resume`` with the options that started the cohort: each member's configuration must match what they
+    give it (the rule of a single run's resume, `tvae.train.check_resume_matches`, member by member); the
+    members themselves (``--seeds``, ``--vary``) must be the same."""
+    import argparse
+
+    from tvae import config as config_mod
+    from tvae.train import check_resume_matches as check_member
+
+    if args.seeds or args.vary:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed or 0]
+        specs = member_specs(seeds, [parse_vary(v) for v in args.vary])
+        listed = [{"seed": m["seed"], "overrides": m["overrides"]} for m in members]
+        if specs != listed:
+            raise config_mod.ConfigError(f"--resume: --seeds/--vary give other members than the cohort in {out} "
+                                         f"({len(specs)} against {len(listed)}; see {out / 'members.json'})")
+    for m, cfg in zip(members, configs):
+        member_args = argparse.Namespace(**vars(args))
+        member_args.seed = m["seed"] if (args.seeds or args.seed is not None) else None
+        member_args.sets = list(args.sets) + ([f"{k}={json.dumps(v)}" for k, v in m["overrides"].items()]
+                                              if args.vary else [])
+        check_member(cfg, member_args, out / m["directory"])
+
+
 def main(args) -> int:
     from tvae import checkpoint, config as config_mod
     from tvae.cohort import Cohort, Status
@@ -44,12 +68,10 @@ def main(args) -> int:
     listing = out / "members.json"
     try:
         if args.resume:
-            if args.sets or args.config or args.preset or args.seed is not None or args.seeds or args.vary:
-                raise config_mod.ConfigError("--resume takes every member's config from its checkpoint; "
-                                             "only --epochs may change")
             members = json.loads(listing.read_text())
             states = [checkpoint.load(out / m["directory"] / "checkpoints" / MEMBER_CHECKPOINT) for m in members]
             cohort = Cohort.from_member_states(states, args.device, [args.epochs] * len(states))
+            check_resume_matches(args, members, [m.cfg for m in cohort.members], out)
             rows = [[r for r in _read_rows(out / m["directory"] / "epochs.parquet") if r["epoch"] < cohort.members[i].epoch]
                     for i, m in enumerate(members)]
         else:
