@@ -240,3 +240,20 @@ def test_execution_switches_take_the_device_defaults_and_refuse_what_cannot_run(
         trainer.make_run(TINY | {"optim.optimizer": "riemannian_adam"}, epochs=1, direct_adam=True)
     with pytest.raises(TypeError, match="side_stream"):
         trainer.make_run(TINY, epochs=1, side_stream=None)
+
+
+def test_building_a_run_leaves_the_callers_random_generators_alone():
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    make_run("ternary_vae", TINY, epochs=1, seed=7)
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and (got[1] == expected[1]).all() and got[2] == expected[2]

@@ -246,7 +246,8 @@ class TernaryRun:
         if len(self.split.heldout):
             self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev, ex.device_metrics)
 
-        # --- model, optimiser, homeostasis (seeded by the trial seed)
+        # --- model, optimiser, homeostasis (seeded by the trial seed; the caller's generators are left as they were)
+        outer_rng = self._capture_rng()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2 ** 32)
         random.seed(cfg.seed)
@@ -267,6 +268,7 @@ class TernaryRun:
         self.events: list[str] = []
         self.timings: dict[str, float] = {}           # seconds of the last epoch: train_s, eval_s
         self._rng = self._capture_rng()
+        self._restore_rng(outer_rng)
         # GPU: each epoch's steps replay as one CUDA graph (tvae/cuda_graphs.py); geoopt's optimiser is not capturable
         self.graphs = None
         if ex.cuda_graphs:
