@@ -9,6 +9,7 @@ Exit status: 0 all trials finished; 1 some trials failed after their retries (--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -167,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"No study at {location.display} yet: starting it.")
         if args.resume:
             space, config = _resumed_config(given, location, parse_sets(args.set))
+            # printed commands and every node see the results root as the parser resolved it (absolute path)
+            config = dataclasses.replace(config, results=location.results)
         else:
             space, config = _new_config(given, parse_sets(args.set))
             location = StudyLocation.open(config.results, config.name)
+            config = dataclasses.replace(config, results=location.results)
             if location.exists(location.join(STUDY_JSON)):
                 return _fail(f"study {config.name!r} already exists at {location.display}; continue it with\n"
                              f"  {config.resume_command()}\nor choose another --name")
@@ -310,6 +314,8 @@ def _run(space, config, location, resume: bool) -> int:
             os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     finally:
+        if "study.object_journal" in sys.modules:   # a study on an object store: the journal's last upload
+            sys.modules["study.object_journal"].sync_all()
         if "ray" in sys.modules:   # absent when Ctrl-C interrupted `import ray` itself: nothing to stop
             cluster.stop(interrupted_start=not ray_up)
 
@@ -328,10 +334,12 @@ def _report_end(location, outcome, cleaned, resume_cmd: str) -> int:
     if cleaned["optuna_failed"] or cleaned["partitions_removed"]:
         print(f"  cleaned up after an earlier killed driver: Optuna trials {cleaned['optuna_failed']} marked "
               f"FAIL, rows of unrecorded trials {cleaned['partitions_removed']} removed")
+    from study.object_journal import dashboard_command
+
     print(f"Results: {location.display}")
-    print(f"  progress and best trial:  python -m study.status {location.display}")
-    print(f"  report (HTML, figures):   python -m analysis.report {location.display}")
-    print(f"  Optuna dashboard:         optuna-dashboard {location.journal_path}")
+    print(f"  progress and best trial:  python -m study.status {location.arg}")
+    print(f"  report (HTML, figures):   python -m analysis.report {location.arg}")
+    print(f"  Optuna dashboard:         {dashboard_command(location)}")
     if counts.get("ERROR"):
         print(f"{counts['ERROR']} trial(s) failed after their retries; retry them with:\n  {resume_cmd}",
               file=sys.stderr)
