@@ -501,8 +501,8 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("study", metavar="STUDY_DIR", help="the study directory, a path or a study URI (or any directory of "
-                    "epoch-row Parquet files)")
+    ap.add_argument("study", metavar="STUDY_DIR", help="the study directory, a path or a study URI (or any "
+                    "directory of epoch-row Parquet files)")
     ap.add_argument("--compare", nargs="+", default=[], metavar="OTHER_DIR",
                     help="more study directories to compare with")
     ap.add_argument("--out", type=Path, help="local output directory (default: STUDY_DIR/report; for a study URI, "

@@ -42,8 +42,8 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-# Ray reads this switch when it is imported. Off, Ray takes 127.0.0.1 as the node's address instead of the
-# machine's network address (meant for laptops; on Linux it is on by default), and then binds its GCS server,
+# Ray reads this switch when it is imported; on Linux it defaults to 1 (a node other machines can join). Set to
+# 0, Ray takes 127.0.0.1 as the node's address instead of the machine's network address, and binds its GCS server,
 # raylet, object manager, workers' gRPC servers, dashboard agent and runtime-env agent to loopback only. A
 # node started so cannot be joined by another machine: used for private local instances only.
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

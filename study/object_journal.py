@@ -16,8 +16,9 @@ Failure behaviour:
     a resume draws them again (the same as a local driver killed between two snapshots); intermediate values
     of running trials reported after the snapshot are re-reported when the trials continue;
   - an upload that fails (store unreachable) leaves the previous stored journal whole; the background upload
-    warns on stderr and the next sync point tries again; a failure while pickling (a Tune snapshot) or at exit
-    raises there. The local copy keeps every record until the driver exits;
+    warns on stderr and the next sync point tries again; a failure while pickling (a Tune snapshot) raises
+    there, one at the driver's exit is reported on stderr. The local copy keeps every record until the driver
+    exits;
   - a torn or corrupt stored journal (written by something else) is named by `study.preflight` before a
     resume, as for a local file: a torn last record is cut off and kept aside, a corrupt earlier one refuses
     the resume; a missing journal with a stored experiment refuses the resume (the sampler's history is gone).

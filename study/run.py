@@ -315,7 +315,10 @@ def _run(space, config, location, resume: bool) -> int:
         return EXIT_INTERRUPTED
     finally:
         if "study.object_journal" in sys.modules:   # a study on an object store: the journal's last upload
-            sys.modules["study.object_journal"].sync_all()
+            try:
+                sys.modules["study.object_journal"].sync_all()
+            except OSError as exc:   # the store is unreachable: say so, still stop Ray
+                print(f"error: the last upload of the Optuna journal failed: {exc}", file=sys.stderr)
         if "ray" in sys.modules:   # absent when Ctrl-C interrupted `import ray` itself: nothing to stop
             cluster.stop(interrupted_start=not ray_up)
 

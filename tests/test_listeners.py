@@ -43,7 +43,7 @@ def is_loopback(address: str) -> bool:
 
 def test_classifier():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
-    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("*") and not is_loopback("192.0.2.2")
+    assert not any(is_loopback(a) for a in ("0.0.0.0", "::", "*", "192.0.2.2"))
 
 
 def test_a_local_study_listens_on_loopback_only(tmp_path):
