@@ -532,11 +532,12 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("study", type=Path, metavar="STUDY_DIR", help="the study directory (or any directory of "
-                    "epoch-row Parquet files)")
-    ap.add_argument("--compare", type=Path, nargs="+", default=[], metavar="OTHER_DIR",
+    ap.add_argument("study", metavar="STUDY_DIR", help="the study directory, a path or a study URI (or any "
+                    "directory of epoch-row Parquet files)")
+    ap.add_argument("--compare", nargs="+", default=[], metavar="OTHER_DIR",
                     help="more study directories to compare with")
-    ap.add_argument("--out", type=Path, help="output directory (default: STUDY_DIR/report)")
+    ap.add_argument("--out", type=Path, help="local output directory (default: STUDY_DIR/report; for a study URI, "
+                    "the report is written to STUDY_URI/report/)")
     ap.add_argument("--pair", action="append", default=[], help="train_<m>/heldout_<m> pair to classify; "
                     "repeatable; default: every pair")
     ap.add_argument("--metric", help="metric that ranks trials (default: study.json's, else heldout_<pair>)")
@@ -555,13 +556,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    studies = (args.study, *args.compare)
     try:
         directions = tuple(M.parse_directions(args.direction).items())
-    except ValueError as exc:
+        studies, upload_to = _local_studies((args.study, *args.compare), args.out is None)
+    except (ValueError, OSError) as exc:
         print(f"analysis.report: error: {exc}", file=sys.stderr)
         return 2
-    options = ReportOptions(studies=tuple(studies), out=args.out or args.study / "report", pairs=tuple(args.pair),
+    out = args.out or (_remote_staging() if upload_to else studies[0] / "report")
+    options = ReportOptions(studies=tuple(studies), out=out, pairs=tuple(args.pair),
                             metric=args.metric, mode=args.mode, params=tuple(args.params) if args.params else None,
                             top=args.top, window=args.window, title=args.title, directions=directions)
     try:
@@ -570,9 +572,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ScanError, T.StudyFileError, ValueError, pl.exceptions.PolarsError, OSError) as exc:
         print(f"analysis.report: error: {exc}", file=sys.stderr)
         return 2
+    if upload_to is not None:
+        try:
+            paths = upload_to(out)
+        except OSError as exc:
+            print(f"analysis.report: error: writing the report to the study's store: {exc}", file=sys.stderr)
+            return 2
     for p in paths:
         print(p)
     return 0
+
+
+def _local_studies(given: Sequence[str], default_out: bool):
+    """Local directories for the given studies (a study URI is copied to a private temporary directory) and,
+    when the first one is a URI and no --out is given, the function that uploads the report next to it."""
+    from study.layout import StudyLocation, is_uri
+    from study.transfer import fetch_uri, upload_dir
+
+    local, upload_to = [], None
+    for i, text in enumerate(given):
+        if not is_uri(text):
+            local.append(Path(text))
+            continue
+        local.append(fetch_uri(text))
+        if i == 0 and default_out:
+            location = StudyLocation.from_study_dir(text)
+            upload_to = lambda directory, location=location: upload_dir(directory, location, "report")
+    return local, upload_to
+
+
+def _remote_staging() -> Path:
+    from study.transfer import cache_dir
+
+    return cache_dir("tvae-report-") / "report"
 
 
 if __name__ == "__main__":

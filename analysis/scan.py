@@ -4,7 +4,9 @@ Accepted sources (one, or a list mixing them):
   - a study directory (it has an `epochs/` folder): its `epochs/**/*.parquet`;
   - any directory: every `*.parquet` below it;
   - one Parquet file;
-  - a glob (`results/*/epochs/**/*.parquet`).
+  - a glob (`results/*/epochs/**/*.parquet`);
+  - a pyarrow filesystem URI of a study, a directory or a file (`s3://bucket/prefix/STUDY?endpoint_override=…`):
+    its Parquet files are copied whole into a private temporary directory (removed at exit) and scanned there.
 
 The file list is fixed when `scan` is called. A study that is still running only ever shows whole files
 (writers rename finished files into place), so files that appear later are simply not part of this scan;
@@ -47,6 +49,13 @@ def resolve_files(source: PathLike | Sequence[PathLike]) -> list[Path]:
     files: list[Path] = []
     for src in sources:
         text = os.fspath(src)
+        if "://" in text:   # an object store (s3://…, gs://…): scanned from a local copy of its Parquet files
+            from study.transfer import fetch_uri
+
+            try:
+                text = str(fetch_uri(text))
+            except (ValueError, OSError) as exc:
+                raise ScanError(str(exc)) from exc
         path = Path(text)
         if path.is_dir():
             found = _files_under(path)

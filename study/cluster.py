@@ -1,5 +1,6 @@
-"""Starting or joining Ray: a private local instance with its dashboard on 127.0.0.1 (the default), or an
-existing cluster through ``--address``. Never touches another Ray instance on the machine."""
+"""Starting or joining Ray: a private local instance whose every listener (the dashboard included) is on
+127.0.0.1 (the default), or an existing cluster through ``--address``. Token authentication stays on (Ray's
+default). Never touches another Ray instance on the machine."""
 from __future__ import annotations
 
 import logging
@@ -41,10 +42,33 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+# Ray reads this switch when it is imported; on Linux it defaults to 1 (a node other machines can join). Set to
+# 0, Ray takes 127.0.0.1 as the node's address instead of the machine's network address, and binds its GCS server,
+# raylet, object manager, workers' gRPC servers, dashboard agent and runtime-env agent to loopback only. A
+# node started so cannot be joined by another machine: used for private local instances only.
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+# Listeners of a local study that are not on loopback, each with the reason Ray gives no way to bind it there.
+# `tests/test_listeners.py` lists a running study's listeners with `ss -ltnp` and fails on any other one.
+NON_LOOPBACK_ALLOWED: dict[str, str] = {}
+
+
+def loopback_only() -> None:
+    """Make the Ray instance this process starts listen on 127.0.0.1 only (see `LOOPBACK_SWITCH`)."""
+    if os.environ.get(LOOPBACK_SWITCH) is None:
+        os.environ[LOOPBACK_SWITCH] = "0"
+    if "ray" in sys.modules and os.environ[LOOPBACK_SWITCH] == "0":
+        from ray._private import ray_constants   # imported before us: the constant was read already
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def start(address: str | None, *, dashboard_port: int | None = None, num_cpus: int | None = None,
           num_gpus: int | None = None) -> RayInfo:
     """Start a private local Ray (``address=None``) or join the cluster at ``address``."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not address:
+        loopback_only()
     if address:
         # `ray start --head` turns token authentication on when a token exists, but ray.init with an explicit
         # address never does: do what `ray start` does, unless the user chose a mode (RAY_AUTH_MODE).

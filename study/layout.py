@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -30,43 +32,101 @@ ATTEMPTS_DIR = "attempts"
 SCHEMA_VERSION = 1
 
 
-def _is_uri(text: str) -> bool:
+def is_uri(text: str) -> bool:
+    """A pyarrow filesystem URI (``s3://…``, ``gs://…``, ``file://…``) rather than a local path."""
     return "://" in text
+
+
+_is_uri = is_uri
+
+
+class LocationError(ValueError):
+    """A study location that cannot be parsed or opened; the message names it and says what was expected."""
+
+
+def normalise_results(results: str) -> str:
+    """A results root as every command and every node should see it: a local path made absolute (so a command
+    printed here works from any working directory), a URI unchanged."""
+    if _is_uri(results):
+        return results
+    return os.path.abspath(os.path.expanduser(results))
+
+
+def study_uri(results: str, name: str) -> str:
+    """The study's own location: ``name`` added to the results root's *path*, the query kept after it
+    (``s3://b/prefix?endpoint_override=h:p`` + ``s`` → ``s3://b/prefix/s?endpoint_override=h:p``)."""
+    if not _is_uri(results):
+        return f"{normalise_results(results).rstrip('/')}/{name}" if results.rstrip("/") else f"/{name}"
+    parts = urlsplit(results)
+    return _unsplit(parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{name}", parts.query)
+
+
+def _unsplit(scheme: str, netloc: str, path: str, query: str) -> str:
+    # urllib's urlunsplit writes `mock:/x` for an empty host; pyarrow wants `mock:///x`
+    return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")
+
+
+def split_study(study_dir: str) -> tuple[str, str]:
+    """``RESULTS/STUDY`` (a path or a URI) → (results root, study name): the one parser of a study location
+    that every command uses. Local paths are resolved against the working directory; in a URI the study name is
+    the last element of the path, and the query (``endpoint_override``, ``scheme``, ``region``, ...) belongs to
+    the store, not to the name."""
+    text = study_dir.strip()
+    if not text:
+        raise LocationError("empty study location: give RESULTS/STUDY (a path or a URI)")
+    if not _is_uri(text):
+        path = normalise_results(text).rstrip("/")
+        root, _, name = path.rpartition("/")
+        if not name:
+            raise LocationError(f"{study_dir!r} does not name a study directory (RESULTS/STUDY)")
+        return root or "/", name
+    parts = urlsplit(text)
+    if parts.fragment:
+        raise LocationError(f"{study_dir!r}: a study URI has no '#' part")
+    misplaced = [value for _, value in parse_qsl(parts.query, keep_blank_values=True) if "/" in value]
+    if misplaced:
+        head, _, tail = text.partition("?")
+        query, _, name = tail.rpartition("/")
+        raise LocationError(f"{study_dir!r}: the study name is in the query string ({misplaced[0]!r}); it belongs "
+                            f"to the path, before '?': {head.rstrip('/')}/{name}?{query}")
+    root_path, _, name = parts.path.rstrip("/").rpartition("/")
+    if not name:
+        raise LocationError(f"{study_dir!r} names no study directory: give RESULTS/STUDY, e.g. "
+                            f"{parts.scheme}://{parts.netloc or 'bucket'}/prefix/STUDY")
+    if not root_path and not parts.netloc:
+        root_path = "/"
+    return _unsplit(parts.scheme, parts.netloc, root_path, parts.query), name
 
 
 @dataclass(frozen=True)
 class StudyLocation:
     """A study directory: a pyarrow filesystem plus the study's path inside it."""
 
-    results: str         # what the user gave (path or URI), kept for printing commands
+    results: str         # the results root: an absolute local path, or the URI as given (query included)
     name: str
     fs: pafs.FileSystem
     path: str            # the study directory inside ``fs`` (absolute for local paths)
 
     @classmethod
     def open(cls, results: str, name: str) -> "StudyLocation":
-        """Resolve ``results`` (a local path or a pyarrow URI such as ``file:///x`` or ``s3://b/x``)."""
-        if not name or "/" in name or name.startswith(".") or name != name.strip():
+        """Resolve ``results`` (a local path or a pyarrow URI such as ``file:///x`` or ``s3://b/x?query``)."""
+        if not name or "/" in name or name.startswith(".") or name != name.strip() or "?" in name:
             raise ValueError(f"invalid study name {name!r}: use letters, digits, '-', '_' (no '/')")
+        results = normalise_results(results)
         if _is_uri(results):
             try:
-                fs, root = pafs.FileSystem.from_uri(results)
+                fs, path = pafs.FileSystem.from_uri(study_uri(results, name))
             except Exception as exc:  # pyarrow raises ArrowInvalid/ArrowNotImplementedError
-                raise ValueError(f"--results {results!r} is not a usable filesystem URI: {exc}") from exc
-        else:
-            fs, root = pafs.LocalFileSystem(), os.path.abspath(results)
-        return cls(results=results, name=name, fs=fs, path=f"{root.rstrip('/')}/{name}")
+                raise LocationError(f"--results {results!r} is not a usable filesystem URI: {exc}") from exc
+            return cls(results=results, name=name, fs=fs, path=path.rstrip("/"))
+        return cls(results=results, name=name, fs=pafs.LocalFileSystem(), path=study_uri(results, name))
 
     @classmethod
     def from_study_dir(cls, study_dir: str) -> "StudyLocation":
-        """Open an existing study from its own directory (``RESULTS/STUDY``), path or URI."""
-        stripped = study_dir.rstrip("/")
-        parent, _, name = stripped.rpartition("/")
-        if not name:
-            raise ValueError(f"{study_dir!r} does not name a study directory")
-        if _is_uri(stripped) and parent.endswith(":/"):
-            parent += "/"
-        return cls.open(parent or ".", name)
+        """Open an existing study from its own location (``RESULTS/STUDY``, path or URI): see `split_study`."""
+        return cls.open(*split_study(study_dir))
+
+    parse = from_study_dir
 
     # ---- paths -------------------------------------------------------------------------------------------
     @property
@@ -93,10 +153,18 @@ class StudyLocation:
 
     @property
     def display(self) -> str:
-        """The study directory as the user would type it."""
-        if _is_uri(self.results):
-            return f"{self.results.rstrip('/')}/{self.name}"
-        return self.path
+        """The study's location as every command takes it: the absolute path, or the study URI (the name in the
+        path, the query after it)."""
+        return study_uri(self.results, self.name)
+
+    @property
+    def arg(self) -> str:
+        """`display` quoted for a shell command line (a URI's query has '&')."""
+        return shlex.quote(self.display)
+
+    def local_path(self) -> str | None:
+        """The study directory on this machine's disk, or None for a remote store."""
+        return self.path if self.is_local else None
 
     # ---- small file operations ---------------------------------------------------------------------------
     def exists(self, path: str | None = None) -> bool:

@@ -1,8 +1,9 @@
 """The study's Optuna storage: a journal (`optuna.journal`) in the study directory, and its reconciler.
 
 Local paths use Optuna's `JournalFileBackend` (append + fsync under a lock; optuna-dashboard can open it while
-the study runs). Other pyarrow filesystems (object stores have no append) use `ArrowJournalBackend`, which
-rewrites the file atomically on each append; only the driver writes to it.
+the study runs). On other pyarrow filesystems (object stores have no append) the driver, the only writer,
+appends to a local copy that `study.object_journal` uploads whole; `ArrowJournalBackend` reads the stored
+object directly (`study.verify`).
 
 Every Optuna bookkeeping rule of a study is here: `TUNE_ID_ATTR` pairs each Optuna trial with its Tune trial,
 `OPTUNA_STATES` says which Optuna states agree with each trial status, `record_retried` adds the outcome of a
@@ -88,7 +89,9 @@ def open_storage(location: StudyLocation) -> JournalStorage:
     if location.is_local:
         repair_torn_tail(location.journal_path)
         return JournalStorage(JournalFileBackend(location.journal_path))
-    return JournalStorage(ArrowJournalBackend(location, location.journal_path))
+    from study.object_journal import MirroredJournalBackend   # a local copy, uploaded whole (see there)
+
+    return JournalStorage(MirroredJournalBackend(location))
 
 
 def load_study(location: StudyLocation) -> optuna.Study | None:

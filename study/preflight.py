@@ -11,7 +11,9 @@ removed is kept aside, never deleted; what cannot be rebuilt stops the resume (`
   epoch parts      an unreadable part refuses the resume: its rows exist nowhere else
   study.json       unreadable: refused by the caller (it holds the study's arguments)
 
-Local study directories are checked; other filesystems are left to `study.verify`.
+The same checks run on an object store (`s3://…`): what is set aside there is copied to the same names, and
+the stored journal is rewritten whole. There a missing ``optuna.journal`` beside a stored Ray Tune experiment
+refuses the resume too (the sampler's history would be lost).
 """
 from __future__ import annotations
 
@@ -116,8 +118,82 @@ def check_epoch_parts(location: StudyLocation) -> list[str]:
 def run(location: StudyLocation) -> list[str]:
     """Check the stored study before a resume; return the repairs made (raise `PreflightError` to refuse)."""
     if not location.is_local:
-        return []
+        return run_remote(location)
     check_epoch_parts(location)           # refuse first: nothing is changed when the resume is refused
     notes = check_journal(location.join(OPTUNA_JOURNAL))
     notes += check_trials_table(location.join(TRIALS_PARQUET))
     return notes
+
+
+# ---- the same on any pyarrow filesystem (object stores) ------------------------------------------------------
+
+def _aside_remote(location: StudyLocation, path: str, suffix: str) -> str:
+    target, n = f"{path}.{suffix}-{_stamp()}", 1
+    while location.exists(target):
+        target, n = f"{path}.{suffix}-{_stamp()}-{n}", n + 1
+    return target
+
+
+def _readable_parquet(location: StudyLocation, path: str) -> None:
+    with location.fs.open_input_file(path) as handle:
+        pq.read_table(handle)
+
+
+def run_remote(location: StudyLocation) -> list[str]:
+    damaged = []
+    for trial_id in trial_ids(location):
+        for first, last, path in list_parts(location, trial_id):
+            try:
+                _readable_parquet(location, path)
+            except Exception as exc:
+                damaged.append(f"{path} (trial {trial_id}, epochs {first}-{last}): {exc}")
+    if damaged:
+        raise PreflightError(
+            f"unreadable epoch part object(s) in {location.display}, whose rows exist nowhere else:\n  "
+            + "\n  ".join(damaged) + "\nThe study is not resumed. Restore them, or move them out of the study "
+            "to resume without those rows (`python -m study.verify` will then report the gap).")
+    notes = _check_journal_remote(location)
+    table = location.join(TRIALS_PARQUET)
+    if location.exists(table):
+        try:
+            _readable_parquet(location, table)
+        except Exception as exc:
+            kept = _aside_remote(location, table, "corrupt")
+            location.write_atomic(kept, location.read_bytes(table))
+            location.delete_file(table)
+            notes.append(f"{table} is unreadable ({exc}): moved to {kept}; it is rebuilt from Ray Tune's state")
+    return notes
+
+
+def _check_journal_remote(location: StudyLocation) -> list[str]:
+    path = location.join(OPTUNA_JOURNAL)
+    if not location.exists(path):
+        if location.exists(location.tune_dir):
+            raise PreflightError(
+                f"the Optuna journal {location.display} has no {OPTUNA_JOURNAL}, but a Ray Tune experiment is "
+                "stored: the sampler's history is lost, so the study is not resumed. Restore the object from a "
+                "backup, or start a new study (another --name)")
+        return []
+    data = location.read_bytes(path)
+    lines = data.split(b"\n")
+    torn = lines.pop()
+    for number, line in enumerate(lines, start=1):
+        try:
+            json.loads(line)
+        except ValueError as exc:
+            raise PreflightError(
+                f"the Optuna journal {path} is corrupt at line {number} of {len(lines)} ({exc}). The sampler's "
+                "records after it cannot be trusted, so the study is not resumed. Restore the object from a "
+                "backup, or start a new study (another --name)") from None
+    if not torn:
+        return []
+    try:
+        json.loads(torn)
+        location.write_atomic(path, data + b"\n")
+        return [f"the Optuna journal {path} lacked its final newline: added"]
+    except ValueError:
+        pass
+    kept = _aside_remote(location, path, "torn")
+    location.write_atomic(kept, torn)
+    location.write_atomic(path, data[: len(data) - len(torn)])
+    return [f"the Optuna journal {path} ended in a torn record of {len(torn)} bytes: cut off and kept in {kept}"]

@@ -9,6 +9,7 @@ Exit status: 0 all trials finished; 1 some trials failed after their retries (--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import signal
@@ -159,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"No study at {location.display} yet: starting it.")
         if args.resume:
             space, config = _resumed_config(given, location, parse_sets(args.set))
+            # printed commands and every node see the results root as the parser resolved it (absolute path)
+            config = dataclasses.replace(config, results=location.results)
         else:
             space, config = _new_config(given, parse_sets(args.set))
             location = StudyLocation.open(config.results, config.name)
+            config = dataclasses.replace(config, results=location.results)
             if location.exists(location.join(STUDY_JSON)):
                 return _fail(f"study {config.name!r} already exists at {location.display}; continue it with\n"
                              f"  {config.resume_command()}\nor choose another --name")
@@ -307,6 +311,11 @@ def _run(space, config, location, resume: bool) -> int:
             os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     finally:
+        if "study.object_journal" in sys.modules:   # a study on an object store: the journal's last upload
+            try:
+                sys.modules["study.object_journal"].sync_all()
+            except OSError as exc:   # the store is unreachable: say so, still stop Ray
+                print(f"error: the last upload of the Optuna journal failed: {exc}", file=sys.stderr)
         if "ray" in sys.modules:   # absent when Ctrl-C interrupted `import ray` itself: nothing to stop
             cluster.stop(interrupted_start=not ray_up)
 
@@ -325,10 +334,12 @@ def _report_end(location, outcome, cleaned, resume_cmd: str) -> int:
     if cleaned["optuna_failed"] or cleaned["partitions_removed"]:
         print(f"  cleaned up after an earlier killed driver: Optuna trials {cleaned['optuna_failed']} marked "
               f"FAIL, rows of unrecorded trials {cleaned['partitions_removed']} removed")
+    from study.object_journal import dashboard_command
+
     print(f"Results: {location.display}")
-    print(f"  progress and best trial:  python -m study.status {location.display}")
-    print(f"  report (HTML, figures):   python -m analysis.report {location.display}")
-    print(f"  Optuna dashboard:         optuna-dashboard {location.journal_path}")
+    print(f"  progress and best trial:  python -m study.status {location.arg}")
+    print(f"  report (HTML, figures):   python -m analysis.report {location.arg}")
+    print(f"  Optuna dashboard:         {dashboard_command(location)}")
     if counts.get("ERROR"):
         print(f"{counts['ERROR']} trial(s) failed after their retries; retry them with:\n  {resume_cmd}",
               file=sys.stderr)

@@ -121,14 +121,15 @@ class Studies:
         self.root = root
         self.drivers: list[Driver] = []
 
-    def start(self, *args: str, faults: object = None, env: dict[str, str] | None = None) -> Driver:
+    def start(self, *args: str, faults: object = None, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> Driver:
         extra = dict(env or {})
         if faults is not None:
             extra["TVAE_STUDY_FAULTS"] = json.dumps(faults)
         log = self.root / f"driver-{len(self.drivers)}.log"
         argv = [sys.executable, "-m", "study.run", *args]
         with open(log, "wb") as handle:
-            proc = subprocess.Popen(argv, cwd=REPO, env=driver_env(extra), stdout=handle, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, cwd=cwd or REPO, env=driver_env(extra), stdout=handle, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         driver = Driver(proc=proc, log=log, args=list(args))
         self.drivers.append(driver)
