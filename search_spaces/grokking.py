@@ -4,12 +4,13 @@ Searched: the held-out split kind and its parameters (stratified, whole valuatio
 combinations; tvae/data.py), the training fraction (0.05-0.9), loss weights, phase epochs (e1 = end of coverage,
 e2 = end of structure), the learning-rate schedule family and its parameters, and weight decay (up to 0.1). The
 coverage phase's length and both batch sizes follow the training set's size (`coverage_plan`,
-`structure_batch`). Budgets are hundreds of epochs (the study's --epochs, up to 500), and the scheduler is the grokking-safe ASHA: no trial is stopped before ``grace_period`` epochs, nor ever once it has
+`structure_batch`). Budgets are hundreds of epochs (the study's --epochs, up to 500), and the scheduler is the
+grokking-safe ASHA: no trial is stopped before ``grace_period`` epochs (half the default budget: a small
+training set's coverage phase can take that long), nor ever once it has
 memorised its training split (train coverage ≥ 0.99), because that is exactly the trial that may grok later.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import optuna
@@ -91,7 +92,9 @@ def define(trial: optuna.Trial) -> dict[str, Any]:
     n_train = len(data.make_split(_data_config(overrides)).train)
     coverage_batch, e1_low = coverage_plan(n_train, epochs)
     e1 = trial.suggest_int("coverage_epochs", e1_low, e1_low + max(1, epochs // 10))
-    structure = trial.suggest_int("structure_epochs", max(2, epochs // 10), max(3, epochs // 2))
+    # the geometry phase keeps at least a tenth of the budget
+    low = max(2, epochs // 10)
+    structure = trial.suggest_int("structure_epochs", low, max(low + 1, min(epochs // 2, epochs - e1 - low)))
     overrides.update({
         K.LR: trial.suggest_float("lr", 1e-4, 3e-3, log=True),
         K.WEIGHT_DECAY: trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
@@ -129,6 +132,6 @@ SPACE = SearchSpace(
     epochs=300,
     trials=32,
     scheduler="grokking_asha",
-    grace_period=100,
+    grace_period=150,
     memorised_when=("train_coverage", 0.99),
 )

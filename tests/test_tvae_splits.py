@@ -98,12 +98,19 @@ def test_seed_changes_the_random_kinds():
     ("data.split_level_min", 0, "data.split_level_min"),
     ("data.split_position", 9, "data.split_position"),
     ("data.split_value", 2, "data.split_value"),
-    ("data.split_position_b", 0, "data.split_position_b"),   # equals split_position (0)
+    ("data.split_position_b", 9, "data.split_position_b"),
     ("data.split_pairs", 4, "data.split_pairs"),
 ])
 def test_bad_split_keys_are_refused_by_name(key, value, needle):
     with pytest.raises(config.ConfigError, match=needle):
         config.build("tiny", overrides={key: value})
+
+
+def test_second_position_must_differ_only_for_the_compositional_split():
+    same = {"data.split_position": 3, "data.split_position_b": 3}
+    assert config.build("tiny", overrides=same | {"data.split": "trit"}).data.split_position == 3
+    with pytest.raises(config.ConfigError, match="data.split_position_b: must differ"):
+        config.build("tiny", overrides=same | {"data.split": "compositional"})
 
 
 @pytest.mark.parametrize("kw", [dict(split="valuation", split_level_min=1),   # training: level 0 only

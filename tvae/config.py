@@ -391,8 +391,9 @@ def validate(cfg: Config) -> None:
          "need 1 <= data.split_level_min <= data.split_level_max <= 9")
     need(0 <= cfg.data.split_position <= 8, "data.split_position", "must be in [0, 8]")
     need(cfg.data.split_value in (-1, 0, 1), "data.split_value", "must be -1, 0 or 1")
-    need(0 <= cfg.data.split_position_b <= 8 and cfg.data.split_position_b != cfg.data.split_position,
-         "data.split_position_b", "must be in [0, 8] and differ from data.split_position")
+    need(0 <= cfg.data.split_position_b <= 8, "data.split_position_b", "must be in [0, 8]")
+    need(cfg.data.split != "compositional" or cfg.data.split_position_b != cfg.data.split_position,
+         "data.split_position_b", "must differ from data.split_position (compositional split)")
     need(1 <= cfg.data.split_pairs <= 3, "data.split_pairs", "must be in [1, 3]")
     need(cfg.coverage.batch_size >= 16, "coverage.batch_size", "must be >= 16")
     need(cfg.phases.structure_start >= 1, "phases.structure_start", "must be >= 1 (the coverage phase trains encoder A)")
