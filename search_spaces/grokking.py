@@ -5,9 +5,11 @@ combinations; tvae/data.py), the training fraction (0.05-0.9), loss weights, pha
 e2 = end of structure), the learning-rate schedule family and its parameters, and weight decay (up to 0.1). The
 coverage phase's length and both batch sizes follow the training set's size (`coverage_plan`,
 `structure_batch`). Budgets are hundreds of epochs (the study's --epochs, up to 500), and the scheduler is the
-grokking-safe ASHA: no trial is stopped before ``grace_period`` epochs (half the default budget: a small
-training set's coverage phase can take that long), nor ever once it has
-memorised its training split (train coverage ≥ 0.99), because that is exactly the trial that may grok later.
+grokking-safe ASHA: no trial is stopped before ``grace_period`` epochs (half the default budget; every
+trial's coverage phase ends within the first third of its budget), nor ever once it has
+memorised its training split (train Q ≥ 1.7, the detector's threshold for Q), because that is exactly the trial
+that may grok later. (Training coverage is no such mark: the decoder trains in the coverage phase only, and a
+small training set may end it short of 1.0.)
 """
 from __future__ import annotations
 
@@ -73,11 +75,13 @@ SMALL_TRAIN = 5000                 # training sets below this many operations: c
 
 
 def coverage_plan(n_train: int, epochs: int) -> tuple[int, int]:
-    """(coverage batch size, lowest e1) for ``n_train`` training operations and a budget of ``epochs``; e1 is
-    capped at half the budget (a short budget with a small training set cannot reach full coverage)."""
+    """(coverage batch size, lowest e1) for ``n_train`` training operations and a budget of ``epochs``. e1 (up
+    to a tenth of the budget above this) stays within the first third of the budget, so every trial is in its
+    structure phase well before the scheduler's grace period; a small training set then ends its coverage phase
+    short of COVERAGE_STEPS (5%: about 650 steps in 300 epochs) and of full coverage."""
     batch = 128 if n_train < SMALL_TRAIN else 256
     per_epoch = -(-n_train // batch)
-    return batch, min(-(-COVERAGE_STEPS // per_epoch), max(2, epochs // 2))
+    return batch, max(2, min(-(-COVERAGE_STEPS // per_epoch), epochs // 3 - epochs // 10))
 
 
 def structure_batch(n_train: int) -> int:
@@ -133,5 +137,5 @@ SPACE = SearchSpace(
     trials=32,
     scheduler="grokking_asha",
     grace_period=150,
-    memorised_when=("train_coverage", 0.99),
+    memorised_when=("train_Q", 1.7),
 )

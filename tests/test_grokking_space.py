@@ -40,7 +40,8 @@ def test_space_samples_every_split_kind_into_valid_configs(epochs):
         # the coverage phase: ~1200 steps unless that would take more than half the budget
         per_epoch = -(-len(split.train) // cfg.coverage.batch_size)
         e1 = cfg.phases.structure_start
-        assert e1 * per_epoch >= grokking.COVERAGE_STEPS or e1 >= epochs // 2
+        assert e1 * per_epoch >= grokking.COVERAGE_STEPS or e1 >= epochs // 3 - epochs // 10
+        assert e1 <= epochs // 3 and (epochs > 300 or e1 < grokking.SPACE.grace_period)
         assert cfg.phases.geometry_start < epochs
         # structure epochs keep about as many steps as a full-data epoch (39), batches of at least 32
         assert cfg.data.batch_size == 32 or 36 <= -(-len(split.train) // cfg.data.batch_size) <= 42
@@ -53,8 +54,9 @@ def test_space_samples_every_split_kind_into_valid_configs(epochs):
 
 def test_coverage_plan_follows_the_training_set():
     assert grokking.coverage_plan(data.N_OPS, 300) == (256, 16)
-    assert grokking.coverage_plan(984, 300) == (128, 150)
-    assert grokking.coverage_plan(984, 100) == (128, 50)      # capped at half the budget
+    assert grokking.coverage_plan(984, 300) == (128, 70)      # capped: e1 within the first third
+    assert grokking.coverage_plan(984, 500) == (128, 116)
+    assert grokking.coverage_plan(3937, 300) == (128, 39)
     assert grokking.structure_batch(data.N_OPS) == 512 and grokking.structure_batch(984) == 32
 
 
