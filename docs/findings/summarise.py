@@ -2,7 +2,7 @@
 
     python docs/findings/summarise.py results/grokking-full
 
-Per split kind: the detector's classes (analysis.detect.grokking) for the Q, hierarchy_B, dist_corr and coverage
+Finished trials only (COMPLETED, or PRUNED by the scheduler). Per split kind: the detector's classes (analysis.detect.grokking) for the Q, hierarchy_B, dist_corr, padic_dist_corr and coverage
 pairs; the train/held-out gap at the end; the trials with the longest delays (or, when no trial is classified
 grokking, the largest held-out gains after the training metric was reached) with their settings.
 """
@@ -17,7 +17,7 @@ from analysis import detect
 from study import recorder
 from study.layout import StudyLocation
 
-PAIRS = ("Q", "hierarchy_B", "dist_corr", "coverage")
+PAIRS = ("Q", "hierarchy_B", "dist_corr", "padic_dist_corr", "coverage")
 SETTINGS = ["param_split", "param_train_fraction", "param_split_level_min", "param_split_trit_position",
             "param_split_trit_value", "param_split_pair_position", "param_split_pair_offset", "param_split_pairs",
             "param_weight_decay", "param_lr", "param_lr_schedule", "param_coverage_epochs",
@@ -36,11 +36,15 @@ def markdown(df: pl.DataFrame, floats: int = 3) -> str:
 def main(study_dir: str) -> None:
     path = Path(study_dir)
     epochs = pl.from_arrow(recorder.read_epochs(StudyLocation.open(str(path.parent), path.name)))
-    trials = pl.read_parquet(path / "trials.parquet")
+    all_trials = pl.read_parquet(path / "trials.parquet")
+    # finished trials only: run to the end, or stopped by the scheduler (an interrupted trial has a partial curve)
+    trials = all_trials.filter(pl.col("status").is_in(["COMPLETED", "PRUNED"]))
+    epochs = epochs.filter(pl.col("trial_id").is_in(trials["trial_id"].implode()))
     settings = trials.select(["trial_id", "status", "epochs_done"] + [c for c in SETTINGS if c in trials.columns])
     table = pl.concat([detect.grokking(epochs.lazy(), p).collect() for p in PAIRS], how="diagonal_relaxed")
     table = table.join(settings, on="trial_id", how="left")
-    print(f"{trials.height} trials ({dict(trials['status'].value_counts().iter_rows())}), "
+    print(f"{trials.height} finished trials ({dict(trials['status'].value_counts().iter_rows())}) of "
+          f"{all_trials.height} ({dict(all_trials['status'].value_counts().iter_rows())}), "
           f"{epochs.height} epoch rows\n")
 
     print("### Classes per split kind\n")
@@ -57,6 +61,12 @@ def main(study_dir: str) -> None:
                   for s in ("train", "heldout")])
            .sort("param_split"))
     print(markdown(gap) + "\n")
+
+    print("### Seconds per epoch (medians per split kind and phase)\n")
+    cost = (epochs.join(settings, on="trial_id").group_by("param_split", "phase")
+            .agg(pl.col("epoch_seconds").median().alias("s_per_epoch"), pl.len().alias("epochs"))
+            .pivot(on="phase", index="param_split", values="s_per_epoch").sort("param_split"))
+    print(markdown(cost) + "\n")
 
     q = table.filter(pl.col("pair") == "Q")
     print("### Longest delays (any pair classified grokking)\n")
