@@ -2,6 +2,14 @@
 LR = "optim.lr"
 WEIGHT_DECAY = "optim.weight_decay"
 TRAIN_FRACTION = "data.train_fraction"
+SPLIT = "data.split"
+SPLIT_LEVEL_MIN = "data.split_level_min"
+SPLIT_POSITION = "data.split_position"
+SPLIT_VALUE = "data.split_value"
+SPLIT_POSITION_B = "data.split_position_b"
+SPLIT_PAIRS = "data.split_pairs"
+BATCH = "data.batch_size"
+COVERAGE_BATCH = "coverage.batch_size"
 E1 = "phases.structure_start"     # end of the coverage phase
 E2 = "phases.geometry_start"      # end of the structure phase
 W_HIERARCHY = "loss.rich.hierarchy_weight"

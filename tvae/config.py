@@ -42,6 +42,14 @@ class ModelConfig:
 class DataConfig:
     train_fraction: float = 1.0       # (0, 1]; < 1 holds out a stratified, seeded share of every level
     split_seed: int = 0               # independent of the trial seed
+    # the held-out split kind and its parameters (tvae/data.py SPLIT_KINDS, tvae/README.md "Held-out splits")
+    split: Literal["stratified", "valuation", "trit", "compositional"] = "stratified"
+    split_level_min: int = 4          # valuation: hold out split_level_min <= v <= split_level_max
+    split_level_max: int = 9
+    split_position: int = 0           # trit: hold out trit split_position = split_value; compositional: 1st position
+    split_value: int = 1
+    split_position_b: int = 1         # compositional: 2nd position
+    split_pairs: int = 1              # compositional: value pairs (1-3) never seen together in training
     batch_size: int = 512
     high_v_budget_ratio: float = 0.25
     high_v_min_level: int = 4         # levels >= this share the high-valuation budget equally
@@ -276,6 +284,14 @@ def validate(cfg: Config) -> None:
     need(cfg.data.batch_size >= 16, "data.batch_size", "must be >= 16")
     need(0.0 <= cfg.data.high_v_budget_ratio < 1.0, "data.high_v_budget_ratio", "must be in [0, 1)")
     need(0 <= cfg.data.high_v_min_level <= 9, "data.high_v_min_level", "must be in [0, 9]")
+    need(1 <= cfg.data.split_level_min <= cfg.data.split_level_max <= 9, "data.split_level_min",
+         "need 1 <= data.split_level_min <= data.split_level_max <= 9")
+    need(0 <= cfg.data.split_position <= 8, "data.split_position", "must be in [0, 8]")
+    need(cfg.data.split_value in (-1, 0, 1), "data.split_value", "must be -1, 0 or 1")
+    need(0 <= cfg.data.split_position_b <= 8, "data.split_position_b", "must be in [0, 8]")
+    need(cfg.data.split != "compositional" or cfg.data.split_position_b != cfg.data.split_position,
+         "data.split_position_b", "must differ from data.split_position (compositional split)")
+    need(1 <= cfg.data.split_pairs <= 3, "data.split_pairs", "must be in [1, 3]")
     need(cfg.coverage.batch_size >= 16, "coverage.batch_size", "must be >= 16")
     need(cfg.phases.structure_start >= 1, "phases.structure_start", "must be >= 1 (the coverage phase trains encoder A)")
     need(cfg.phases.geometry_start >= cfg.phases.structure_start, "phases.geometry_start",

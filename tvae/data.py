@@ -6,8 +6,12 @@ v(i) = largest k with 3^k | i, v(0) = 9.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from tvae.config import DataConfig
 
 N_OPS = 3 ** 9
 N_TRITS = 9
@@ -55,6 +59,33 @@ class Split:
     heldout: torch.Tensor   # sorted int64 indices (may be empty)
 
 
+# The split kinds (``data.split``) and what their held-out set tests; tvae/README.md ("Held-out splits") has more.
+SPLIT_KINDS = {
+    "stratified": "interpolation: a seeded random share of every valuation level is held out",
+    "valuation": "extrapolation in depth: every operation with split_level_min <= v <= split_level_max is held out",
+    "trit": "an unseen digit: every operation with trit split_position = split_value is held out",
+    "compositional": "unseen combinations: split_pairs value pairs (x, y) of trits split_position and "
+                     "split_position_b are held out; each value alone is seen at each position",
+}
+
+
+def _stratified_subset(pool: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """Mask over ``pool``: per valuation level present in it, max(1, round(fraction * n_v)) members, at random."""
+    n = len(pool)
+    v = valuations(pool)
+    perm = torch.randperm(n, generator=gen)
+    # order a random permutation by level (stable), so each level's members come in random order
+    order = perm[torch.argsort(v[perm], stable=True)]
+    counts = torch.bincount(v, minlength=N_LEVELS)
+    keep = torch.where(counts > 0, torch.clamp(torch.round(counts.double() * fraction).long(), min=1), 0)
+    starts = torch.cumsum(counts, 0) - counts
+    v_order = v[order]
+    rank_in_level = torch.arange(n) - starts[v_order]
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[order[rank_in_level < keep[v_order]]] = True
+    return mask
+
+
 def stratified_split(train_fraction: float, split_seed: int) -> Split:
     """Per valuation level keep max(1, round(fraction * n_v)) operations for training (all when fraction = 1).
 
@@ -64,17 +95,65 @@ def stratified_split(train_fraction: float, split_seed: int) -> Split:
     all_idx = torch.arange(N_OPS)
     if train_fraction == 1.0:
         return Split(all_idx, all_idx[:0])
-    gen = torch.Generator().manual_seed(int(split_seed))
-    v = valuations()
-    perm = torch.randperm(N_OPS, generator=gen)
-    # order a random permutation by level (stable), so each level's members come in random order
-    order = perm[torch.argsort(v[perm], stable=True)]
-    counts = torch.bincount(v, minlength=N_LEVELS)
-    keep = torch.clamp(torch.round(counts.double() * train_fraction).long(), min=1)
-    starts = torch.cumsum(counts, 0) - counts
-    rank_in_level = torch.arange(N_OPS) - starts[v[order]]
-    is_train = rank_in_level < keep[v[order]]
-    return Split(torch.sort(order[is_train]).values, torch.sort(order[~is_train]).values)
+    mask = _stratified_subset(all_idx, train_fraction, torch.Generator().manual_seed(int(split_seed)))
+    return Split(all_idx[mask], all_idx[~mask])
+
+
+def heldout_mask(kind: str, *, split_seed: int = 0, level_min: int = 1, level_max: int = MAX_VALUATION,
+                 position: int = 0, value: int = 1, position_b: int = 1, pairs: int = 1) -> torch.Tensor:
+    """(N,) bool: the operations a structured split kind holds out (``valuation``, ``trit``, ``compositional``).
+
+    ``compositional`` holds out ``pairs`` (1-3) combinations (x, sigma(x)) of trit ``position`` = x and trit
+    ``position_b`` = sigma(x), with x and the permutation sigma drawn from ``split_seed``: no two held-out pairs
+    share a value, so every value of either position still occurs in training (with the other position's other
+    values)."""
+    trits = all_trits().long()
+    if kind == "valuation":
+        if not 0 < level_min <= level_max <= MAX_VALUATION:
+            raise ValueError(f"valuation split needs 1 <= split_level_min <= split_level_max <= 9, "
+                             f"got {level_min}..{level_max}")
+        v = valuations()
+        return (v >= level_min) & (v <= level_max)
+    if not 0 <= position < N_TRITS:
+        raise ValueError(f"split_position must be in [0, 8], got {position}")
+    if kind == "trit":
+        if value not in (-1, 0, 1):
+            raise ValueError(f"split_value must be -1, 0 or 1, got {value}")
+        return trits[:, position] == value
+    if kind == "compositional":
+        if not 0 <= position_b < N_TRITS or position_b == position:
+            raise ValueError(f"split_position_b must be in [0, 8] and differ from split_position, got {position_b}")
+        if not 1 <= pairs <= 3:
+            raise ValueError(f"split_pairs must be in [1, 3], got {pairs}")
+        gen = torch.Generator().manual_seed(int(split_seed))
+        xs = torch.randperm(3, generator=gen)[:pairs] - 1
+        sigma = torch.randperm(3, generator=gen) - 1
+        mask = torch.zeros(N_OPS, dtype=torch.bool)
+        for x in xs.tolist():
+            mask |= (trits[:, position] == x) & (trits[:, position_b] == sigma[x + 1])
+        return mask
+    raise ValueError(f"unknown split kind {kind!r}; known kinds: {', '.join(SPLIT_KINDS)}")
+
+
+def make_split(cfg: "DataConfig") -> Split:
+    """The split ``cfg.split`` selects, seeded by ``cfg.split_seed`` only.
+
+    ``stratified``: `stratified_split` (train_fraction of every level; the rest is held out). A structured kind
+    holds out exactly its set (`heldout_mask`) and trains on a stratified ``train_fraction`` share of the other
+    operations; with train_fraction < 1 the rest of those is neither trained on nor evaluated, so the held-out
+    metrics measure the structured set alone."""
+    if cfg.split == "stratified":
+        return stratified_split(cfg.train_fraction, cfg.split_seed)
+    if not 0.0 < cfg.train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
+    held = heldout_mask(cfg.split, split_seed=cfg.split_seed, level_min=cfg.split_level_min,
+                        level_max=cfg.split_level_max, position=cfg.split_position, value=cfg.split_value,
+                        position_b=cfg.split_position_b, pairs=cfg.split_pairs)
+    all_idx = torch.arange(N_OPS)
+    pool = all_idx[~held]
+    if cfg.train_fraction < 1.0:
+        pool = pool[_stratified_subset(pool, cfg.train_fraction, torch.Generator().manual_seed(int(cfg.split_seed)))]
+    return Split(pool, all_idx[held])
 
 
 class StratifiedSampler:

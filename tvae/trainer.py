@@ -225,7 +225,7 @@ class TernaryRun:
         self.classes = (self.trits + 1).long()
         self.v = data.valuations().to(dev)
         self.v_np = self.v.cpu().numpy()
-        self.split = data.stratified_split(cfg.data.train_fraction, cfg.data.split_seed)
+        self.split = data.make_split(cfg.data)
         self.sampler = data.StratifiedSampler(self.split.train, cfg.data.batch_size, cfg.data.high_v_budget_ratio,
                                               cfg.data.high_v_min_level).to(dev)
         self.train_ops = self.split.train.to(dev)
