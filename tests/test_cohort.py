@@ -174,3 +174,19 @@ def test_a_cohort_trains_on_cuda_as_on_the_cpu():
             assert g[k]["phase"] == c[k]["phase"] and math.isfinite(g[k]["loss"])
             # the same numbers drawn per member; kernels differ, so the same scale, not the same bits
             assert g[k]["loss"] == pytest.approx(c[k]["loss"], rel=0.05)
+
+
+def test_members_with_structured_splits_share_a_cohort():
+    """Held-out valuation levels leave a member's training split without whole levels (its own separation
+    pairs); a trit-pattern member beside it trains on another split."""
+    configs = [cfg(seed=0, epochs=2, **{"phases.structure_start": 1, "phases.geometry_start": 1,
+                                        "data.split": "valuation", "data.split_level_min": 3}),
+               cfg(seed=1, epochs=2, **{"phases.structure_start": 1, "phases.geometry_start": 1, "data.split": "trit"})]
+    cohort = Cohort(configs)
+    rows = [cohort.train_epoch() for _ in range(2)]
+    assert cohort.members[0].sep_valid.sum() < cohort.members[1].sep_valid.sum()
+    for k in (0, 1):
+        assert math.isfinite(rows[1][k]["loss"]) and rows[1][k]["loss_separation"] >= 0
+        assert 0.0 <= rows[1][k]["heldout_coverage"] <= 1.0
+    # held-out levels 3-9 span several valuations; trit 0 = +1 holds out only v = 0 (no hierarchy to rank)
+    assert math.isfinite(rows[1][0]["heldout_hierarchy_B"]) and math.isnan(rows[1][1]["heldout_hierarchy_B"])

@@ -152,7 +152,7 @@ class Cohort:
 
     def _member(self, cfg: Config) -> Member:
         dev = self.device
-        split = data.stratified_split(cfg.data.train_fraction, cfg.data.split_seed)
+        split = data.make_split(cfg.data)
         sampler = data.StratifiedSampler(split.train, cfg.data.batch_size, cfg.data.high_v_budget_ratio,
                                          cfg.data.high_v_min_level).to(dev)
         evals = {"train": _SplitEval(split.train, self.v_np, cfg, 1, dev, False)}
