@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -127,9 +126,8 @@ class Cohort:
         self.shared = cfg                               # the members' shared keys are read from here
         self.layout = Layout(cfg.model)
         self.model = StackedTernaryVAE(cfg.model, self.layout)
-        raw = torch.tensor(math.log(math.expm1(cfg.model.curvature)), dtype=torch.float32)
-        self.c = F.softplus(raw).to(dev)                 # the single run's curvature(), fixed
         self.trits = data.all_trits().to(dev)
+        self.c = self.model.c_tensor(self.trits)          # the single run's curvature(), fixed
         self.classes = (self.trits + 1).long()
         self.v = data.valuations().to(dev)
         self.v_np = self.v.cpu().numpy()

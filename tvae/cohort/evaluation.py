@@ -10,19 +10,20 @@ from tvae.cohort.stacked import StackedTernaryVAE
 from tvae.geometry import radius
 
 MEMBERS_PER_PASS = 16    # members evaluated together
-ROWS_PER_BLOCK = 2048     # operations per block: keeps a block's activations (K x 2,048 x 256 floats) in cache
+MEMBER_ROWS_PER_BLOCK = 32768   # members x operations per block: bounds a block's activations (x 256 floats)
 
 
 def embed_all(model: StackedTernaryVAE, params: dict[str, torch.Tensor], trits: torch.Tensor,
               classes: torch.Tensor, coverage: Sequence[bool], c: torch.Tensor,
               frozen_mu: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """mu_B, z_B, r_A, r_B and decoder-correctness of every operation for each member (leading axis K), computed
-    in blocks of operations. A member in the coverage phase has B tied to A (mu_B = mu_A, z_B = z_A), as the
+    in blocks of operations (fewer, larger blocks for fewer members). A member in the coverage phase has B tied to A (mu_B = mu_A, z_B = z_A), as the
     single run evaluates it. ``frozen_mu``: ``"A"``/``"B"`` -> (K, N, d) means of an encoder frozen for every
     member (not recomputed)."""
-    parts = [_embed_block(model, params, trits[i:i + ROWS_PER_BLOCK], classes[i:i + ROWS_PER_BLOCK], coverage, c,
-                          {k: v[:, i:i + ROWS_PER_BLOCK] for k, v in frozen_mu.items()})
-             for i in range(0, len(trits), ROWS_PER_BLOCK)]
+    rows = max(1024, MEMBER_ROWS_PER_BLOCK // len(coverage))     # one block for a single member
+    parts = [_embed_block(model, params, trits[i:i + rows], classes[i:i + rows], coverage, c,
+                          {k: v[:, i:i + rows] for k, v in frozen_mu.items()})
+             for i in range(0, len(trits), rows)]
     return tuple(torch.cat(t, 1) for t in zip(*parts))
 
 

@@ -12,6 +12,7 @@ contiguous row slice (one fused Adam call) and a member's whole state is one row
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -105,6 +106,7 @@ class StackedTernaryVAE:
         self.layout = layout
         t = layout.template
         self.c = float(cfg.curvature)
+        self._c: torch.Tensor | None = None
         self.max_radius = float(cfg.max_radius)
         self.latent_dim = cfg.latent_dim
         self.clamp = (cfg.logvar_min, cfg.logvar_max) if cfg.encoder == "improved" else None
@@ -155,7 +157,7 @@ class StackedTernaryVAE:
             elif kind == "silu":
                 x = F.silu(x)
             elif kind == "relu":
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)      # x is a fresh layer output; relu's backward reads its result
             elif kind == "dropout" and masks is not None:
                 m = masks(width)
                 if m is not None:
@@ -177,9 +179,15 @@ class StackedTernaryVAE:
         return u * s
 
     def decoder(self, params, z_ball: torch.Tensor, masks: MaskSource | None) -> torch.Tensor:
-        c = torch.tensor(self.c, dtype=z_ball.dtype, device=z_ball.device)
-        logits = self._run(self.plans["decoder"], "decoder.net", params, log0(z_ball, c), masks)
+        logits = self._run(self.plans["decoder"], "decoder.net", params, log0(z_ball, self.c_tensor(z_ball)), masks)
         return logits.view(*logits.shape[:-1], 9, 3)
+
+    def c_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        """The curvature as a tensor on ``like``'s device (made once per device)."""
+        if self._c is None or self._c.device != like.device:
+            raw = torch.tensor(math.log(math.expm1(self.c)), dtype=torch.float32)
+            self._c = F.softplus(raw).to(like.device)       # as TernaryVAE.curvature() computes it
+        return self._c
 
     # ------------------------------------------------------------------ dropout sites of one step
     def mask_widths(self, part: str) -> list[int]:
