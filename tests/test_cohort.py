@@ -186,3 +186,31 @@ def test_members_with_structured_splits_share_a_cohort():
         assert 0.0 <= rows[1][k]["heldout_coverage"] <= 1.0
     # held-out levels 3-9 span several valuations; trit 0 = +1 holds out only v = 0 (no hierarchy to rank)
     assert math.isfinite(rows[1][0]["heldout_hierarchy_B"]) and math.isnan(rows[1][1]["heldout_hierarchy_B"])
+
+
+def test_hand_written_gradients_match_autograd():
+    from tvae.cohort import losses
+
+    ov = {"phases.structure_start": 1, "phases.geometry_start": 1}
+    cohort = Cohort([cfg(seed=s, epochs=2, **ov, **({"data.train_fraction": 0.6} if s else {})) for s in (0, 1)])
+    cohort.train_epoch()
+    members = cohort.members
+    for k in range(2):
+        cohort._begin_structure(k)
+    inp, _ = cohort._structure_inputs(members, "geometry", {})
+    step = {k: v[:, 0] for k, v in inp["steps"].items()}
+    w = cohort._weights(members, "geometry")
+    z = (torch.randn(2, 2, step["x"].shape[1], 16, generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_()
+    r, pw = z.norm(dim=-1) * 2, torch.tensor([0.5, 1.0])
+    for use_zero in (False, True):
+        a = losses.radius_terms(r, step, w, cohort.targets, pw, use_zero)
+        b = losses.radius_terms_reference(r, step, w, cohort.targets, pw, use_zero)
+        weights = torch.arange(1.0, 7.0)
+        ga = torch.autograd.grad((a * weights).sum(), z, retain_graph=True)[0]
+        gb = torch.autograd.grad((b * weights).sum(), z, retain_graph=True)[0]
+        assert torch.equal(a, b) and torch.allclose(ga, gb, atol=1e-6) and gb.abs().max() > 0.1
+    a = losses.geodesic(z, step["geo_t"], step["geo_i"], step["geo_j"], cohort.c)
+    b = losses.geodesic_reference(z, step["geo_t"], step["geo_i"], step["geo_j"], cohort.c)
+    ga = torch.autograd.grad((a * pw).sum(), z)[0]
+    gb = torch.autograd.grad((b * pw).sum(), z)[0]
+    assert torch.allclose(a, b, rtol=1e-5) and torch.allclose(ga, gb, rtol=1e-4, atol=1e-5)

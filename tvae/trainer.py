@@ -190,6 +190,35 @@ def host_metrics(evals: Mapping[str, _SplitEval], train_ops: torch.Tensor, mu_B:
     return out
 
 
+def update_bests(bests: dict[str, float], best_epochs: dict[str, int], row: Mapping[str, Any],
+                 splits: Iterable[str]) -> None:
+    """Record ``row``'s values that beat ``bests`` (the loss, and each split's `BEST_DIRECTION` metrics)."""
+    candidates = {"loss": min}
+    for split in splits:
+        for name, better in BEST_DIRECTION.items():
+            candidates[f"{split}_{name}"] = better
+    for key, better in candidates.items():
+        value = row.get(key)
+        if value is None or not math.isfinite(value):
+            continue
+        if key not in bests or better(value, bests[key]) != bests[key]:
+            bests[key] = value
+            best_epochs[key] = row["epoch"]
+
+
+def summary_of(last_row: Mapping[str, Any] | None, bests: Mapping[str, float], best_epochs: Mapping[str, int],
+               epochs_completed: int, events: Iterable[str]) -> dict[str, Any]:
+    """What ``final.json`` holds: the last row, ``best_<key>`` and ``best_<key>_epoch``, epochs completed and the
+    homeostasis events."""
+    out: dict[str, Any] = dict(last_row or {})
+    for key, value in bests.items():
+        out[f"best_{key}"] = value
+        out[f"best_{key}_epoch"] = best_epochs[key]
+    out["epochs_completed"] = epochs_completed
+    out["homeostasis_events"] = list(events)
+    return out
+
+
 def aligned_steps(t: torch.Tensor) -> torch.Tensor:
     """``t`` (steps, ...) with each step's slice starting on a 16-byte boundary: the same values, rows padded.
 
@@ -713,26 +742,10 @@ class TernaryRun:
 
     # ------------------------------------------------------------------ bests, summary, save
     def _update_bests(self, row: dict[str, Any]) -> None:
-        candidates = {"loss": min}
-        for split in self.evals:
-            for name, better in BEST_DIRECTION.items():
-                candidates[f"{split}_{name}"] = better
-        for key, better in candidates.items():
-            value = row.get(key)
-            if value is None or not math.isfinite(value):
-                continue
-            if key not in self.bests or better(value, self.bests[key]) != self.bests[key]:
-                self.bests[key] = value
-                self.best_epochs[key] = row["epoch"]
+        update_bests(self.bests, self.best_epochs, row, self.evals)
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.last_row or {})
-        for key, value in self.bests.items():
-            out[f"best_{key}"] = value
-            out[f"best_{key}_epoch"] = self.best_epochs[key]
-        out["epochs_completed"] = self.epoch
-        out["homeostasis_events"] = list(self.events)
-        return out
+        return summary_of(self.last_row, self.bests, self.best_epochs, self.epoch, self.events)
 
     def state(self) -> dict[str, Any]:
         return {

@@ -35,7 +35,7 @@ from tvae.geometry import radius
 from tvae.homeostasis import Homeostasis
 from tvae.losses import level_targets
 from tvae.schedules import cosine, lr_factor
-from tvae.trainer import BEST_DIRECTION, TERMS, _SplitEval, host_metrics, phase_of
+from tvae.trainer import TERMS, _SplitEval, host_metrics, phase_of, summary_of, update_bests
 
 COHORT_VERSION = 1
 CHECKPOINT_FILE = "cohort.pt"
@@ -213,7 +213,7 @@ class Cohort:
         for k, row in rows.items():
             row["epoch_seconds"] = seconds
             row["wall_time"] = now
-            self._update_bests(self.members[k], row)
+            update_bests(self.members[k].bests, self.members[k].best_epochs, row, self.members[k].evals)
             self.members[k].last_row = row
             self.members[k].epoch += 1
             if self.members[k].epoch >= self.members[k].cfg.epochs:
@@ -528,29 +528,10 @@ class Cohort:
                     out[k] = host_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i], self.c)
         return out
 
-    @staticmethod
-    def _update_bests(m: Member, row: dict[str, Any]) -> None:
-        candidates = {"loss": min}
-        for split in m.evals:
-            for name, better in BEST_DIRECTION.items():
-                candidates[f"{split}_{name}"] = better
-        for key, better in candidates.items():
-            value = row.get(key)
-            if value is None or not math.isfinite(value):
-                continue
-            if key not in m.bests or better(value, m.bests[key]) != m.bests[key]:
-                m.bests[key] = value
-                m.best_epochs[key] = row["epoch"]
-
     def summary(self, k: int) -> dict[str, Any]:
-        """What ``final.json`` holds for member k: its last row, its bests, epochs completed and events."""
+        """What ``final.json`` holds for member k: the single run's summary plus its ``status`` (and ``error``)."""
         m = self.members[k]
-        out: dict[str, Any] = dict(m.last_row or {})
-        for key, value in m.bests.items():
-            out[f"best_{key}"] = value
-            out[f"best_{key}_epoch"] = m.best_epochs[key]
-        out["epochs_completed"] = m.epoch
-        out["homeostasis_events"] = list(m.events)
+        out = summary_of(m.last_row, m.bests, m.best_epochs, m.epoch, m.events)
         out["status"] = m.status
         if m.error:
             out["error"] = m.error

@@ -12,12 +12,6 @@ import torch.nn.functional as F
 from tvae.geometry import _EPS, distance
 
 
-def take_pairs(r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """r (K, P, B) at the pair positions idx (K, n) of each member: (K, P, n)."""
-    K, P, _ = r.shape
-    return torch.gather(r, 2, idx.unsqueeze(1).expand(K, P, idx.shape[1]))
-
-
 def _bmv(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(K, a, b) @ (K, b) -> (K, a) as a batched matmul: each member's result does not depend on K (einsum and
     matmul may pick another kernel for K = 1)."""
@@ -70,13 +64,26 @@ def radius_terms(r: torch.Tensor, step: dict[str, torch.Tensor], w: dict[str, to
 def radius_terms_reference(r: torch.Tensor, step: dict[str, torch.Tensor], w: dict[str, torch.Tensor],
                            targets: torch.Tensor, path_weights: torch.Tensor, use_zero: bool) -> torch.Tensor:
     """The six weighted radius terms (hierarchy, richness, separation, radial, rank, zero) of r (K, P, B), the
-    last path z_B's; ``step`` holds the step's `tvae.radius_terms.step_constants` with a leading K axis."""
-    rad_ri, rad_rj = take_pairs(r, step["rad_i"]), take_pairs(r, step["rad_j"])
-    rank_ri, rank_rj = take_pairs(r, step["rank_i"]), take_pairs(r, step["rank_j"])
-    t_v, w_v = step["t_v"].unsqueeze(1), step["w_v"].unsqueeze(1)
-    radial = (w_v * (r - t_v) ** 2).mean(-1) \
-        + w["margin_weight"].unsqueeze(1) * _bmv(F.relu(step["rad_gap"].unsqueeze(1) - (rad_rj - rad_ri)), step["rad_w"])
-    rank = _bmv(torch.sigmoid(step["rank_s"].unsqueeze(1) * (rank_rj - rank_ri)), step["rank_w"])
+    last path z_B's, differentiated by autograd; ``step`` holds the step's `tvae.radius_terms.step_constants`
+    with a leading K axis."""
+    five, _ = _radius_forward(r, step, w, targets, path_weights)
+    zero = _zero_term(r, step, w, path_weights) if use_zero else torch.zeros_like(five[:, 0])
+    return torch.cat([five, zero.unsqueeze(1)], 1)                              # (K, 6)
+
+
+def _radius_forward(r, step, w, targets, path_weights) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The first five terms (K, 5) and the intermediates their gradient needs (`_RadiusTerms.backward`)."""
+    K, P, _ = r.shape
+    n1, n2 = step["rad_i"].shape[1], step["rank_i"].shape[1]
+    idx = torch.cat([step["rad_i"], step["rad_j"], step["rank_i"], step["rank_j"]], 1)
+    pair = torch.gather(r, 2, idx.unsqueeze(1).expand(K, P, idx.shape[1]))
+    rad_ri, rad_rj, rank_ri, rank_rj = pair.split([n1, n1, n2, n2], dim=2)
+    diff = r - step["t_v"].unsqueeze(1)
+    wd = step["w_v"].unsqueeze(1) * diff
+    marg_arg = step["rad_gap"].unsqueeze(1) - (rad_rj - rad_ri)
+    radial = (wd * diff).mean(-1) + w["margin_weight"].unsqueeze(1) * _bmv(marg_arg.clamp_min(0), step["rad_w"])
+    sig = torch.sigmoid(step["rank_s"].unsqueeze(1) * (rank_rj - rank_ri))
+    rank = _bmv(sig, step["rank_w"])
     r_B, onehot = r[:, -1], step["onehot"]                                      # (K, B), (K, B, L)
     mean = _bvm(r_B, onehot) * step["inv_counts"]
     dev = r_B - _bmv(onehot, mean)
@@ -86,10 +93,9 @@ def radius_terms_reference(r: torch.Tensor, step: dict[str, torch.Tensor], w: di
     richness = (short * short * step["var_w"]).sum(-1)
     sep_arg = _bmv(step["sep"], mean) + w["separation_margin"].unsqueeze(1)
     separation = (sep_arg.clamp_min(0) * step["sep_valid"]).sum(-1)
-    out = [w["hierarchy"] * hier, w["richness"] * richness, w["separation"] * separation,
-           w["radial"] * (radial * path_weights).sum(-1), w["rank"] * (rank * path_weights).sum(-1)]
-    out.append(_zero_term(r, step, w, path_weights) if use_zero else torch.zeros_like(hier))
-    return torch.stack(out, 1)                                                   # (K, 6)
+    five = torch.stack([w["hierarchy"] * hier, w["richness"] * richness, w["separation"] * separation,
+                        w["radial"] * (radial * path_weights).sum(-1), w["rank"] * (rank * path_weights).sum(-1)], 1)
+    return five, (wd, marg_arg, sig, dev, short, sep_arg, mean, idx)
 
 
 def _zero_term(r: torch.Tensor, step: dict[str, torch.Tensor], w: dict[str, torch.Tensor],
@@ -110,30 +116,10 @@ class _RadiusTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, r, step, w, targets, path_weights):
-        K, P, B = r.shape
-        n1, n2 = step["rad_i"].shape[1], step["rank_i"].shape[1]
-        idx = torch.cat([step["rad_i"], step["rad_j"], step["rank_i"], step["rank_j"]], 1)
-        pair = torch.gather(r, 2, idx.unsqueeze(1).expand(K, P, idx.shape[1]))
-        rad_ri, rad_rj, rank_ri, rank_rj = pair.split([n1, n1, n2, n2], dim=2)
-        diff = r - step["t_v"].unsqueeze(1)
-        wd = step["w_v"].unsqueeze(1) * diff
-        marg_arg = step["rad_gap"].unsqueeze(1) - (rad_rj - rad_ri)
-        radial = (wd * diff).mean(-1) + w["margin_weight"].unsqueeze(1) * _bmv(marg_arg.clamp_min(0), step["rad_w"])
-        sig = torch.sigmoid(step["rank_s"].unsqueeze(1) * (rank_rj - rank_ri))
-        rank = _bmv(sig, step["rank_w"])
-        r_B, onehot = r[:, -1], step["onehot"]
-        mean = _bvm(r_B, onehot) * step["inv_counts"]
-        dev = r_B - _bmv(onehot, mean)
-        var = _bvm(dev * dev, onehot) * step["inv_counts1"]
-        short = (w["min_richness_ratio"].unsqueeze(1) - var * step["inv_var_orig"]).clamp_min(0)
-        hier = ((mean - targets) ** 2 * step["present_w"]).sum(-1)
-        richness = (short * short * step["var_w"]).sum(-1)
-        sep_arg = _bmv(step["sep"], mean) + w["separation_margin"].unsqueeze(1)
-        separation = (sep_arg.clamp_min(0) * step["sep_valid"]).sum(-1)
-        ctx.save_for_backward(wd, marg_arg, sig, dev, short, sep_arg, mean, idx)
+        five, saved = _radius_forward(r, step, w, targets, path_weights)
+        ctx.save_for_backward(*saved)
         ctx.args = (step, w, targets, path_weights)
-        return torch.stack([w["hierarchy"] * hier, w["richness"] * richness, w["separation"] * separation,
-                            w["radial"] * (radial * path_weights).sum(-1), w["rank"] * (rank * path_weights).sum(-1)], 1)
+        return five
 
     @staticmethod
     def backward(ctx, grad):
