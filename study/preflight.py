@@ -44,12 +44,9 @@ def _aside(path: str, suffix: str) -> str:
     return target
 
 
-def check_journal(path: str) -> list[str]:
-    """Repair a torn last line (kept aside); refuse a corrupt earlier line. Return what was done."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as handle:
-        data = handle.read()
+def _torn_tail(data: bytes, path: str, kind: str) -> bytes:
+    """The journal's bytes after its last newline (empty when it ends in one); PreflightError naming the line when
+    an earlier record is not JSON. ``kind``: "file" or "object", for the message."""
     lines = data.split(b"\n")
     torn = lines.pop()
     for number, line in enumerate(lines, start=1):
@@ -58,8 +55,18 @@ def check_journal(path: str) -> list[str]:
         except ValueError as exc:
             raise PreflightError(
                 f"the Optuna journal {path} is corrupt at line {number} of {len(lines)} ({exc}). The sampler's "
-                "records after it cannot be trusted, so the study is not resumed. Restore the file from a "
+                f"records after it cannot be trusted, so the study is not resumed. Restore the {kind} from a "
                 "backup, or start a new study (another --name)") from None
+    return torn
+
+
+def check_journal(path: str) -> list[str]:
+    """Repair a torn last line (kept aside); refuse a corrupt earlier line. Return what was done."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as handle:
+        data = handle.read()
+    torn = _torn_tail(data, path, "file")
     if not torn:
         return []
     try:
@@ -175,16 +182,7 @@ def _check_journal_remote(location: StudyLocation) -> list[str]:
                 "backup, or start a new study (another --name)")
         return []
     data = location.read_bytes(path)
-    lines = data.split(b"\n")
-    torn = lines.pop()
-    for number, line in enumerate(lines, start=1):
-        try:
-            json.loads(line)
-        except ValueError as exc:
-            raise PreflightError(
-                f"the Optuna journal {path} is corrupt at line {number} of {len(lines)} ({exc}). The sampler's "
-                "records after it cannot be trusted, so the study is not resumed. Restore the object from a "
-                "backup, or start a new study (another --name)") from None
+    torn = _torn_tail(data, path, "object")
     if not torn:
         return []
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from study_processes import free_port
+
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -63,7 +58,7 @@ def start(workdir: Path, bucket: str = "tvae") -> S3Server:
     """Start moto's S3 server and create ``bucket``; sets the (fake) AWS credentials in this process's
     environment, which the study processes inherit."""
     os.environ.update(CREDENTIALS)
-    port = _free_port()
+    port = free_port()
     log = workdir / f"moto-{port}.log"
     with open(log, "wb") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

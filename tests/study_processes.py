@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,13 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 240.0   # the machine is shared and slow: Ray's start-up alone can take a minute
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def driver_env(extra: dict[str, str] | None = None) -> dict[str, str]:
