@@ -7,7 +7,7 @@ epochs, loss weights, homeostasis and evaluation settings (`PER_MEMBER`).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from tvae.configlib import flatten
 from tvae.config import Config
@@ -28,10 +28,6 @@ PER_MEMBER: tuple[str, ...] = (
 )
 
 
-def flat_config(cfg: Config) -> dict[str, Any]:
-    return flatten(cfg)
-
-
 def per_member(key: str) -> bool:
     return any(key == p or (key.startswith(p) and (p.endswith(".") or p.endswith("_") or key[len(p)] in "._"))
                for p in PER_MEMBER)
@@ -39,7 +35,7 @@ def per_member(key: str) -> bool:
 
 def shared_part(cfg: Config) -> tuple[tuple[str, str], ...]:
     """The configuration keys (with their values) that every member of a cohort must share."""
-    return tuple(sorted((k, repr(v)) for k, v in flat_config(cfg).items() if not per_member(k)))
+    return tuple(sorted((k, repr(v)) for k, v in flatten(cfg).items() if not per_member(k)))
 
 
 def check_compatible(configs: Sequence[Config]) -> None:
