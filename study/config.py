@@ -16,7 +16,11 @@ from typing import Any
 
 SCHEDULERS = ("fifo", "grokking_asha")
 IDENTITY = ("space", "trials", "epochs", "seed", "scheduler", "grace_period", "checkpoint_every",
-            "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures")
+            "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures", "population")
+# tasks whose trials can train as cohorts (``--population`` > 1): the ones with a cohort engine
+COHORT_TASKS = ("ternary_vae",)
+# the largest default cohort on a GPU (--population not given): enough members to fill an H100's kernels
+GPU_DEFAULT_POPULATION = 64
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class StudyConfig:
     max_failures: int = 2
     threads_per_trial: int = 1
     dashboard_port: int | None = None
+    population: int = 1           # study trials per Tune trial, trained as one cohort (1: a trial per process)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,6 +60,7 @@ class StudyConfig:
             (self.threads_per_trial >= 1, f"--threads-per-trial must be ≥ 1, got {self.threads_per_trial}"),
             (self.grace_period is None or self.grace_period >= 1,
              f"--grace-period must be ≥ 1, got {self.grace_period}"),
+            (self.population >= 1, f"--population must be ≥ 1, got {self.population}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -63,6 +69,11 @@ class StudyConfig:
     @property
     def device(self) -> str:
         return "cuda" if self.gpus_per_trial > 0 else "cpu"
+
+    @property
+    def tune_trials(self) -> int:
+        """Ray Tune trials of the study: one per trial, or one per cohort of ``population`` trials."""
+        return -(-self.trials // self.population)
 
     def identity(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in IDENTITY}
@@ -83,6 +94,15 @@ class StudyConfig:
         if self.address:
             parts += ["--address", self.address]
         return shlex.join(parts)
+
+
+def default_population(task: str, gpus_per_trial: float, trials: int, concurrency: int) -> int:
+    """``--population`` when not given: on a CPU 1 (a trial per process: a cohort gains at most about 1.3× per
+    core there, docs/benchmarks.md); on a GPU as many trials as fill the concurrent cohorts, up to
+    `GPU_DEFAULT_POPULATION` (one trial alone leaves a GPU idle). Tasks without a cohort engine: 1."""
+    if task not in COHORT_TASKS or gpus_per_trial <= 0:
+        return 1
+    return max(1, min(GPU_DEFAULT_POPULATION, -(-trials // concurrency)))
 
 
 def check_same_identity(stored: StudyConfig, requested: dict[str, Any]) -> None:

@@ -92,6 +92,20 @@ def before_epoch(study_dir: str, trial_id: str, run: Any) -> None:
             _exhaust_memory()
 
 
+def before_member_epoch(study_dir: str, trial_id: str, epoch: int, cohort: Any, k: int) -> None:
+    """Called by the cohort trainable before each epoch of member ``k`` (study trial ``trial_id``): ``raise``
+    and ``oom`` end the whole cohort's process, as they would a trial's; ``nan`` / ``inf`` fill this member's
+    parameters only, and the cohort's per-member check then stops it as diverged."""
+    for spec in _due(study_dir, trial_id, epoch, ("raise", "nan", "inf", "oom")):
+        kind = spec["kind"]
+        if kind == "raise":
+            raise RuntimeError(f"injected fault: trial {trial_id} raises at epoch {epoch}")
+        if kind in ("nan", "inf"):
+            cohort.flat[k].fill_(float(kind))
+        if kind == "oom":
+            _exhaust_memory()
+
+
 def _exhaust_memory() -> None:
     import resource
 

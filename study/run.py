@@ -46,6 +46,9 @@ _HELP = {
     "set": "KEY=VALUE: fix a task config key for every trial (repeatable), e.g. --set optim.weight_decay=0.1; "
            "the key must exist and not be one the space searches; VALUE is JSON (1e-3, 3, true, null, [..]), "
            "else a decimal number (.5), else text",
+    "population": "study trials trained together as one cohort in each Ray Tune trial (one process, stacked "
+                  "parameters; each trial keeps its own Optuna trial, rows, status and early stopping). Default: 1 "
+                  "on a CPU, on a GPU enough to fill the concurrent cohorts (up to 64). docs/cohorts.md",
     "dry_run": "print the plan (new study, or what a resume would skip, continue, retry or start) and exit",
 }
 
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-every", type=int, help=_HELP["checkpoint_every"])
     add("--max-failures", type=int, help=_HELP["max_failures"])
     add("--threads-per-trial", type=int, help=_HELP["threads_per_trial"])
+    add("--population", type=int, help=_HELP["population"])
     add("--dashboard-port", type=int, help=_HELP["dashboard_port"])
     add("--set", action="append", metavar="KEY=VALUE", help=_HELP["set"])
     add("--resume", action="store_true", help=_HELP["resume"])
@@ -112,7 +116,7 @@ def check_sets(space, sets: dict[str, Any]) -> None:
 
 def _new_config(given: dict[str, Any], sets: dict[str, Any]):
     import search_spaces
-    from study.config import StudyConfig
+    from study.config import COHORT_TASKS, StudyConfig, default_population
 
     if "space" not in given:
         raise ValueError("--space is required for a new study (list them with `python -m search_spaces`)")
@@ -120,6 +124,12 @@ def _new_config(given: dict[str, Any], sets: dict[str, Any]):
     values = {"name": given.get("name", space.name), "trials": space.trials, "epochs": space.epochs,
               "scheduler": space.scheduler, "grace_period": space.grace_period, "results": "results"}
     values.update(given)
+    if "population" not in given:
+        values["population"] = default_population(space.task, float(given.get("gpus_per_trial", 0.0)),
+                                                  int(values["trials"]), int(values.get("concurrency", 2)))
+    elif given["population"] > 1 and space.task not in COHORT_TASKS:
+        raise ValueError(f"--population {given['population']}: the task {space.task!r} of the space {space.name!r} "
+                         f"has no cohort engine (cohorts: {', '.join(COHORT_TASKS)}); use --population 1")
     if sets:
         check_sets(space, sets)
         values["extra"] = {"set": sets}
@@ -221,7 +231,9 @@ def _dry_run(space, config, location, resume: bool) -> int:
     else:
         print(f"New study {config.name!r} at {location.display}: space {space.name} (task {space.task}), "
               f"{config.trials} trials × {config.epochs} epochs, {config.concurrency} at once, "
-              f"{config.cpus_per_trial} CPU + {config.gpus_per_trial} GPU per trial, scheduler {config.scheduler}, "
+              f"{config.cpus_per_trial} CPU + {config.gpus_per_trial} GPU per trial, "
+              + (f"cohorts of {config.population} trials (each CPU/GPU figure per cohort), " if config.population > 1
+                 else "") + f"scheduler {config.scheduler}, "
               f"optimising {space.metric} ({space.mode}), seed {config.seed}, checkpoints every "
               f"{config.checkpoint_every} epochs, on " + (f"the cluster at {config.address}" if config.address
                                                            else "a private local Ray"))

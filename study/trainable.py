@@ -49,6 +49,8 @@ class TrialSettings:
     # epochs after which the scheduler may stop the trial (ASHA rungs): the buffered rows reach disk first, so a
     # stopped trial keeps every epoch it trained (the part ends there; no checkpoint is needed for that)
     flush_at: tuple[int, ...] = ()
+    # cohorts (``--population`` > 1): the per-member form of the scheduler's rule (None: members run to the end)
+    member_stopping: Any = None
 
 
 def _scalar_metrics(row: dict[str, Any]) -> dict[str, Any]:
@@ -104,12 +106,18 @@ def _checkpoint_chain(checkpoint) -> list:
 
 
 def _restore(settings: TrialSettings, checkpoint) -> tuple[Any, str | None, list[str]]:
-    """The run restored from the trial's latest checkpoint; if that one is unreadable, from the newest older
-    one that is intact; ``(None, None, repairs)`` when none is (the trial then starts over). Every damaged
-    checkpoint is named in ``repairs`` (and printed): nothing is skipped silently."""
-    import sys
-
+    """The run restored from the trial's latest checkpoint (see `restore_latest`)."""
     from tvae import tasks
+
+    return restore_latest(checkpoint, lambda d: tasks.load_run(settings.task, d / RUN_SUBDIR, device=settings.device))
+
+
+def restore_latest(checkpoint, load) -> tuple[Any, str | None, list[str]]:
+    """``load(directory)`` of the trial's latest checkpoint; if that one is unreadable, of the newest older one
+    that is intact; ``(None, None, repairs)`` when none is (the trial then starts over). Every damaged
+    checkpoint is named in ``repairs`` (and printed): nothing is skipped silently. The loaded object has an
+    ``epoch`` (where training continues)."""
+    import sys
 
     repairs: list[str] = []
     if checkpoint is None:
@@ -117,7 +125,7 @@ def _restore(settings: TrialSettings, checkpoint) -> tuple[Any, str | None, list
     for candidate in _checkpoint_chain(checkpoint):
         try:
             with candidate.as_directory() as directory:
-                run = tasks.load_run(settings.task, Path(directory) / RUN_SUBDIR, device=settings.device)
+                run = load(Path(directory))
             if repairs:
                 repairs.append(f"continued from the intact checkpoint {candidate.path} (epoch {run.epoch})")
             break
@@ -189,9 +197,15 @@ def resources(cpus: float, gpus: float) -> dict[str, float]:
     return {"cpu": cpus, "gpu": gpus} if gpus > 0 else {"cpu": cpus}
 
 
-def make_trainable(settings: TrialSettings, cpus: float, gpus: float):
-    """The Tune trainable: `train_trial` with the settings bound and the per-trial resources attached."""
-    bound = tune.with_parameters(train_trial, settings=settings)
+def make_trainable(settings: TrialSettings, cpus: float, gpus: float, cohorts: bool = False):
+    """The Tune trainable: `train_trial` (or, for ``cohorts``, `study.cohort_trainable.train_cohort`) with the
+    settings bound and the per-trial resources attached."""
+    if cohorts:
+        from study.cohort_trainable import train_cohort
+
+        bound = tune.with_parameters(train_cohort, settings=settings)
+    else:
+        bound = tune.with_parameters(train_trial, settings=settings)
     return tune.with_resources(bound, resources(cpus, gpus))
 
 

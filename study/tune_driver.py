@@ -20,14 +20,17 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.base import SearchSpace
 from study import compat, recorder, trials_table
+from study.cohort_trainable import MEMBERS_KEY, member_trial_id
 from study.config import StudyConfig
 from study.layout import StudyLocation
+from study.member_stopping import MemberStopping
 from study.optuna_store import TUNE_ID_ATTR, fail_orphans, open_storage, record_retried
-from study.statuses import TERMINAL, TrialStatus
+from study.statuses import SETTLED, TERMINAL, TrialStatus
 from study.trainable import DIVERGED_KEY, DONE_KEY, PROGRESS_KEY, TrialSettings, make_trainable
 
 log = logging.getLogger("study")
@@ -105,6 +108,115 @@ def make_searcher(space: SearchSpace, config: StudyConfig, location: StudyLocati
     sampler = optuna.samplers.TPESampler(seed=config.seed)
     return StudySearch(space=SpaceFunction(space.name), metric=space.metric, mode=space.mode, sampler=sampler,
                        study_name=location.name, storage=storage)
+
+
+class CohortSearch(Searcher):
+    """The searcher of a study whose Tune trials are cohorts (``--population K``): each Tune trial asks Optuna
+    for up to K trials (its members, until the study's number of trials is reached), and each member is told its
+    own result as soon as a Tune result shows it ended: COMPLETE with its metric, PRUNED when the per-member
+    rule stopped it, FAIL (with the reason) when it diverged or its cohort failed. Its state (how many trials
+    were asked, which members were told) is saved with Tune's experiment state; the Optuna trials themselves are
+    in the study's journal."""
+
+    def __init__(self, space_name: str, location: StudyLocation, trials: int, population: int, seed: int) -> None:
+        # no metric for Tune to check: a cohort's result carries each member's value of it under "members"
+        super().__init__()
+        self._space_name, self._where = space_name, (location.results, location.name)
+        self._trials, self._population, self._seed = trials, population, seed
+        self.asked = 0
+        self.cohorts: dict[str, dict[str, int]] = {}    # Tune trial id -> {member trial id: Optuna number}
+        self.told: set[str] = set()
+        self._study: optuna.Study | None = None
+
+    def _optuna_study(self) -> optuna.Study:
+        if self._study is None:
+            location = StudyLocation.open(*self._where)
+            self._study = optuna.load_study(study_name=location.name, storage=open_storage(location),
+                                            sampler=optuna.samplers.TPESampler(seed=self._seed))
+        return self._study
+
+    def suggest(self, trial_id: str) -> dict | None:
+        n = min(self._population, self._trials - self.asked)
+        if n <= 0:
+            return Searcher.FINISHED
+        study, define = self._optuna_study(), SpaceFunction(self._space_name)
+        members = []
+        for k in range(n):
+            ot_trial = study.ask()
+            overrides = define(ot_trial)["overrides"]
+            ot_trial.set_user_attr(TUNE_ID_ATTR, member_trial_id(trial_id, k))
+            members.append({"trial_id": member_trial_id(trial_id, k), "number": ot_trial.number,
+                            "params": dict(ot_trial.params), "overrides": overrides})
+        self.asked += n
+        self.cohorts[trial_id] = {m["trial_id"]: m["number"] for m in members}
+        return {MEMBERS_KEY: members}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._tell_ended(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._tell_ended(trial_id, result or {})
+        if error:   # the members the failed cohort left unfinished
+            for member_id, number in self.cohorts.get(trial_id, {}).items():
+                self._tell(member_id, number, TrialState.FAIL, None, "its cohort failed (trials.parquet: the trace)")
+
+    def _tell_ended(self, trial_id: str, result: dict) -> None:
+        numbers = self.cohorts.get(trial_id, {})
+        for member_id, report in member_reports(result).items():
+            status = report.get("status")
+            if member_id not in numbers or status not in {s.value for s in SETTLED}:
+                continue
+            value = report.get("value")
+            if status == TrialStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
+                self._tell(member_id, numbers[member_id], TrialState.COMPLETE, float(value), None)
+            elif status == TrialStatus.PRUNED:
+                self._tell(member_id, numbers[member_id], TrialState.PRUNED, None, None)
+            else:
+                self._tell(member_id, numbers[member_id], TrialState.FAIL, None, report.get("reason") or status)
+
+    def _tell(self, member_id: str, number: int, state: TrialState, value: float | None, reason: str | None) -> None:
+        if member_id in self.told:
+            return
+        study = self._optuna_study()
+        try:
+            if state == TrialState.FAIL:
+                frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+                if frozen.state == TrialState.RUNNING:
+                    key = "diverged" if str(reason).startswith("diverged") else "error"
+                    compat.fail_trial(study, frozen, {key: str(reason)})
+            else:
+                study.tell(number, value, state=state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as exc:
+            log.info("Optuna tell for %s (trial %d): %s", member_id, number, exc)   # told before a restart
+        self.told.add(member_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump({"asked": self.asked, "cohorts": self.cohorts, "told": sorted(self.told)}, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as handle:
+            state = pickle.load(handle)
+        self.asked, self.cohorts, self.told = state["asked"], state["cohorts"], set(state["told"])
+
+
+def member_reports(result: dict) -> dict[str, dict[str, Any]]:
+    """{member trial id: its report} of a cohort's Tune result, nested (``trial.last_result``) or flattened
+    with "/" (what searchers receive)."""
+    nested = result.get(MEMBERS_KEY)
+    if isinstance(nested, dict):
+        return nested
+    out: dict[str, dict[str, Any]] = {}
+    prefix = MEMBERS_KEY + "/"
+    for key, value in result.items():
+        if key.startswith(prefix):
+            member_id, _, field = key[len(prefix):].partition("/")
+            out.setdefault(member_id, {})[field] = value
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- scheduler
@@ -217,6 +329,46 @@ def trial_record(trial: Trial, scheduler: TrialScheduler, metric: str, mode: str
                                     final=final, reason=reason)
 
 
+def member_status(report: dict[str, Any], cohort: TrialStatus) -> TrialStatus:
+    """A cohort member's status: its own once it has ended (COMPLETED, PRUNED, DIVERGED); before that, the
+    cohort's (RUNNING, PENDING, INTERRUPTED when the driver stopped first, ERROR when the cohort failed)."""
+    own = report.get("status")
+    if own in {s.value for s in SETTLED}:
+        return TrialStatus(own)
+    if cohort == TrialStatus.COMPLETED:     # a finished cohort reports every member ended; never left behind
+        return TrialStatus.INTERRUPTED
+    return cohort
+
+
+def member_records(trial: Trial, scheduler: TrialScheduler, metric: str, mode: str, location: StudyLocation,
+                   ending: str | None = None) -> list[trials_table.TrialRecord]:
+    """One record per member of a cohort trial, as `trial_record` makes for a single trial."""
+    cohort, cohort_reason = _status(trial, scheduler, ending)
+    reports = member_reports(trial.last_result or {})
+    records = []
+    for member in trial.config.get(MEMBERS_KEY, []):
+        report = reports.get(member["trial_id"], {})
+        status = member_status(report, cohort)
+        best = {} if report.get("best") is None or status == TrialStatus.DIVERGED else {metric: report["best"]}
+        final = {k[len("final_"):]: v for k, v in report.items() if k.startswith("final_")}
+        if status == TrialStatus.DIVERGED:
+            final.pop(metric, None)
+        reason = report.get("reason") if status in SETTLED else (cohort_reason if status == TrialStatus.ERROR else None)
+        attempts = len(location.list_files(location.join("attempts", f"trial_id={member['trial_id']}")))
+        records.append(trials_table.TrialRecord(trial_id=member["trial_id"], status=status, attempts=attempts,
+                                                epochs_done=int(report.get("epochs_done", 0) or 0),
+                                                params=member["params"], best=best, final=final, reason=reason))
+    return records
+
+
+def trial_records(trial: Trial, scheduler: TrialScheduler, metric: str, mode: str, location: StudyLocation,
+                  ending: str | None = None) -> list[trials_table.TrialRecord]:
+    """The study trials of a Tune trial: itself, or the members of a cohort."""
+    if MEMBERS_KEY in (trial.config or {}):
+        return member_records(trial, scheduler, metric, mode, location, ending)
+    return [trial_record(trial, scheduler, metric, mode, location, ending)]
+
+
 class TrialsTableWriter(tune.Callback):
     """Rewrites `trials.parquet` when a trial starts or ends, at the end, and every ``period`` s meanwhile."""
 
@@ -226,8 +378,8 @@ class TrialsTableWriter(tune.Callback):
         self._last = 0.0
 
     def write(self, trials: list[Trial], ending: Trial | None = None, status: str | None = None) -> None:
-        records = [trial_record(t, self.scheduler, self.metric, self.mode, self.location,
-                                status if t is ending else None) for t in trials]
+        records = [record for t in trials for record in trial_records(t, self.scheduler, self.metric, self.mode,
+                                                                      self.location, status if t is ending else None)]
         trials_table.write(self.location, records)
         self._last = time.monotonic()
 
@@ -262,12 +414,18 @@ class Outcome:
 
 
 def _settings(space: SearchSpace, config: StudyConfig, scheduler: TrialScheduler) -> TrialSettings:
+    """``scheduler``: the study's rule (for cohorts, applied to each member by `study.member_stopping`)."""
+    stopping = None
+    if config.population > 1 and isinstance(scheduler, AsyncHyperBandScheduler):
+        stopping = MemberStopping(rungs=stop_epochs(scheduler), metric=space.metric, mode=space.mode,
+                                  memorised_when=space.memorised_when)
     return TrialSettings(study=config.name, results=_absolute(config.results), task=space.task,
                          epochs=config.epochs, seed=config.seed, device=config.device,
                          checkpoint_every=config.checkpoint_every, threads=config.threads_per_trial,
                          metric=space.metric, mode=space.mode,
                          fixed={**space.fixed, **config.extra.get("set", {})},
-                         flush_at=stop_epochs(scheduler))
+                         flush_at=() if config.population > 1 else stop_epochs(scheduler),
+                         member_stopping=stopping)
 
 
 def stop_epochs(scheduler: TrialScheduler) -> tuple[int, ...]:
@@ -298,7 +456,10 @@ def build_tuner(space: SearchSpace, config: StudyConfig, location: StudyLocation
     # a resumed tuner runs the scheduler Tune restores with the experiment; it was built from the same
     # stored configuration, so this one gives the same stop epochs
     scheduler = make_scheduler(space, config)
-    trainable = make_trainable(_settings(space, config, scheduler), config.cpus_per_trial, config.gpus_per_trial)
+    trainable = make_trainable(_settings(space, config, scheduler), config.cpus_per_trial, config.gpus_per_trial,
+                               cohorts=config.population > 1)
+    if config.population > 1:
+        scheduler = FIFOScheduler()   # Tune trials are cohorts: the members stop themselves (member_stopping)
     callback = TrialsTableWriter(location, space.metric, space.mode)
     if resume:
         tuner = tune.Tuner.restore(location.tune_dir, trainable, resume_unfinished=True, resume_errored=True,
@@ -308,8 +469,13 @@ def build_tuner(space: SearchSpace, config: StudyConfig, location: StudyLocation
         compat.set_restored_callbacks(tuner, [callback])
         return tuner, callback
     callback.scheduler = scheduler
-    tune_config = tune.TuneConfig(search_alg=make_searcher(space, config, location), scheduler=scheduler,
-                                  num_samples=config.trials, max_concurrent_trials=config.concurrency,
+    if config.population > 1:
+        make_searcher(space, config, location)   # creates the Optuna study (and its attributes) in the journal
+        search_alg: Searcher = CohortSearch(space.name, location, config.trials, config.population, config.seed)
+    else:
+        search_alg = make_searcher(space, config, location)
+    tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
+                                  num_samples=config.tune_trials, max_concurrent_trials=config.concurrency,
                                   reuse_actors=True, trial_dirname_creator=trial_dirname,
                                   trial_name_creator=trial_dirname)
     tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=_run_config(config, location, callback))
@@ -327,8 +493,14 @@ def fit(tuner: tune.Tuner, requested: int, scheduler: TrialScheduler | None) -> 
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or os.path.basename(result.path)
         # a result without an error that is neither done nor pruned ended with the driver: INTERRUPTED
-        statuses[trial_id] = decide_status(diverged=bool(metrics.get(DIVERGED_KEY)), done=bool(metrics.get(DONE_KEY)),
-                                           errored=result.error is not None, pruned=trial_id in stopped, ended=True)
+        status = decide_status(diverged=bool(metrics.get(DIVERGED_KEY)), done=bool(metrics.get(DONE_KEY)),
+                               errored=result.error is not None, pruned=trial_id in stopped, ended=True)
+        if MEMBERS_KEY in (result.config or {}):
+            reports = member_reports(metrics)
+            for member in result.config[MEMBERS_KEY]:
+                statuses[member["trial_id"]] = member_status(reports.get(member["trial_id"], {}), status)
+        else:
+            statuses[trial_id] = status
     return statuses_outcome(statuses, requested)
 
 

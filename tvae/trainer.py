@@ -794,12 +794,18 @@ def make_run(overrides: Mapping[str, Any] | None = None, *, epochs: int | None =
              device: str = "cpu", preset: str | None = None, **execution: bool | None) -> TernaryRun:
     """A fresh run. ``overrides`` are dotted config keys; the key ``preset`` selects the base preset;
     ``execution``: `tvae.execution.Execution` switches."""
+    return TernaryRun(build_config(overrides, epochs=epochs, seed=seed, preset=preset), device, Execution(**execution))
+
+
+def build_config(overrides: Mapping[str, Any] | None = None, *, epochs: int | None = None, seed: int = 0,
+                 preset: str | None = None) -> Config:
+    """The configuration of a run of the task ``ternary_vae``: the preset (the key ``preset``, else
+    ``v5_12_4``) with the dotted ``overrides``, ``epochs`` and ``seed`` (a cohort member is built from the same)."""
     overrides = dict(overrides or {})
     base = preset or overrides.pop("preset", "v5_12_4")
     if not isinstance(base, str):
         raise config_mod.ConfigError(f"preset: expected a str, got {base!r}")
-    cfg = config_mod.build(base, overrides=overrides, epochs=epochs, seed=seed)
-    return TernaryRun(cfg, device, Execution(**execution))
+    return config_mod.build(base, overrides=overrides, epochs=epochs, seed=seed)
 
 
 def run_from_config(cfg: Config, device: str = "cpu", **execution: bool | None) -> TernaryRun:

@@ -176,6 +176,11 @@ class Cohort:
     def active(self) -> list[int]:
         return [k for k, m in enumerate(self.members) if m.active]
 
+    @property
+    def epoch(self) -> int:
+        """Epochs trained by the cohort's furthest member (running members are all at this epoch)."""
+        return max(m.epoch for m in self.members)
+
     def stop(self, k: int, reason: str = "stopped") -> None:
         """Stop member ``k`` from outside (early stopping): it trains no further epochs."""
         self.members[k].status = Status.STOPPED
