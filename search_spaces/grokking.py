@@ -13,6 +13,7 @@ small training set may end it short of 1.0.)
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -86,8 +87,15 @@ def coverage_plan(n_train: int, epochs: int) -> tuple[int, int]:
 
 def structure_batch(n_train: int) -> int:
     """Batch size of the structure and geometry phases: about as many steps per epoch as with every operation
-    (39 batches of 512), so a small training set is not also trained for fewer steps; at least 32."""
-    return max(32, min(512, round(512 * n_train / data.N_OPS)))
+    (39 batches of 512), so a small training set is not also trained for fewer steps.
+
+    Decision: the batch is the power of two in [32, 512] nearest (in log scale) to the batch that would give
+    exactly that many steps, not any integer, so trials with similar training sizes share a batch size and, when
+    a study trains them as one cohort, share its step groups (members with different batch sizes train as
+    separate groups; docs/cohorts.md). The steps per epoch then lie within a factor sqrt(2) of 39, except for
+    training sets small enough to take the smallest batch, 32."""
+    ideal = 512 * max(1, n_train) / data.N_OPS
+    return 2 ** min(9, max(5, round(math.log2(ideal))))
 
 
 def define(trial: optuna.Trial) -> dict[str, Any]:

@@ -20,10 +20,11 @@ def numbers(row):
     return {k: v for k, v in row.items() if k not in ("epoch_seconds", "wall_time")}
 
 
-# Rank correlations (dist_corr, padic_dist_corr, and Q built on dist_corr) are step functions of the embedding:
-# a rounding-level difference (a batched kernel splits its vector lanes differently) can reorder a nearly tied
-# pair, so they are compared to 1e-4 absolute; every other number to 1e-4 relative.
-RANKED = ("dist_corr", "_Q")
+# Rank correlations (dist_corr, padic_dist_corr, Q built on dist_corr, and hierarchy_A/B, the Spearman
+# correlation of radius and valuation) are step functions of the embedding: a rounding-level difference (a
+# batched kernel splits its vector lanes differently) can reorder a nearly tied pair, so they are compared to
+# 1e-4 absolute (a hierarchy near 0 differs by ~6e-7 at rounding level); every other number to 1e-4 relative.
+RANKED = ("dist_corr", "_Q", "hierarchy_A", "hierarchy_B")
 
 
 def assert_rows_close(a, b, rel=1e-4):
@@ -37,19 +38,23 @@ def assert_rows_close(a, b, rel=1e-4):
             assert x == y, f"{key}: {x} vs {y}"
 
 
+# half the tiny preset's batch sizes (2048 both): a member with these trains in groups of its own
+HALF_BATCHES = {"data.batch_size": 1024, "coverage.batch_size": 1024}
+
 # members that differ in everything a study searches that changes the steps: seed, learning rates, training
-# fraction (so a different number of steps per epoch), loss weights, weight decay, phase epochs
+# fraction (so a different number of steps per epoch), loss weights, weight decay, phase epochs, batch sizes
 MEMBERS = [
     dict(seed=0),
     dict(seed=1, **{"optim.lr": 2e-3, "data.train_fraction": 0.6, "loss.rich.hierarchy_weight": 2.0,
                     "phases.structure_start": 3, "optim.weight_decay": 1e-2, "schedule.kind": "cosine"}),
     dict(seed=2, **{"loss.rank.weight": 1.0, "optim.max_grad_norm": 0.5}),
+    dict(seed=3, **HALF_BATCHES, **{"data.train_fraction": 0.5}),     # phases as members 0 and 2, other batches
 ]
 
 
 @pytest.fixture(scope="module")
 def cohort_rows():
-    """Twelve epochs of the three members trained as one cohort: {member: [rows]}."""
+    """Twelve epochs of the members trained as one cohort: {member: [rows]}."""
     cohort = Cohort([cfg(**m) for m in MEMBERS])
     out = {k: [] for k in range(len(MEMBERS))}
     while cohort.active:
@@ -65,8 +70,11 @@ def same(a, b):
 
 
 @pytest.mark.slow
-def test_a_member_gives_the_same_rows_alone_and_in_a_cohort(cohort_rows):
-    k = 1     # its own seed, learning rate, schedule, weight decay, training fraction (fewer steps), phase epochs
+@pytest.mark.parametrize("k", [
+    1,      # its own seed, learning rate, schedule, weight decay, training fraction (fewer steps), phase epochs
+    3,      # its own batch sizes: every epoch in a group apart from members 0 and 2 (same phase, other batches)
+])
+def test_a_member_gives_the_same_rows_alone_and_in_a_cohort(cohort_rows, k):
     alone = Cohort([cfg(**MEMBERS[k])])
     rows = [numbers(alone.train_epoch()[0]) for _ in range(12)]
     assert [r["phase"] for r in rows] == [r["phase"] for r in cohort_rows[k]]
@@ -120,6 +128,20 @@ def test_members_that_differ_in_shape_cannot_share_a_cohort():
     with pytest.raises(ValueError, match="model.encoder"):
         check_compatible([cfg(), cfg(**{"model.encoder": "improved"})])
     assert group([cfg(), cfg(**{"model.encoder": "improved"}), cfg(seed=3)]) == [[0, 2], [1]]
+    # batch sizes may differ; a model shape still may not, whatever else differs
+    check_compatible([cfg(), cfg(**HALF_BATCHES)])
+    assert group([cfg(), cfg(seed=1, **HALF_BATCHES), cfg(**{"model.latent_dim": 8})]) == [[0, 1], [2]]
+    with pytest.raises(ValueError, match=r"model\.latent_dim is 16 and 8"):
+        check_compatible([cfg(**HALF_BATCHES), cfg(**{"model.latent_dim": 8})])
+
+
+def test_members_with_other_batch_sizes_train_in_groups_of_their_own():
+    cohort = Cohort([cfg(seed=0), cfg(seed=1, **HALF_BATCHES), cfg(seed=2, **{"coverage.batch_size": 1024})])
+    assert [m.signature() for m in cohort.members] == [("coverage", 2048), ("coverage", 1024), ("coverage", 1024)]
+    for m in cohort.members:     # after coverage: the structure batch (data.batch_size), whatever the coverage one
+        m.epoch = 4
+    assert [m.signature()[:2] for m in cohort.members] == [("structure", 2048), ("structure", 1024),
+                                                           ("structure", 2048)]
 
 
 def test_dropout_multipliers_follow_their_definition():

@@ -1,6 +1,7 @@
 """The `grokking` space: it samples every split kind with its parameters, training fractions down to 0.05 and
 weight decay up to 0.1, sizes the coverage phase and the batches to the training set, and fits budgets up to
 500 epochs."""
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,11 @@ def test_space_samples_every_split_kind_into_valid_configs(epochs):
         assert e1 * per_epoch >= grokking.COVERAGE_STEPS or e1 >= epochs // 3 - epochs // 10
         assert e1 <= epochs // 3 and (epochs > 300 or e1 < grokking.SPACE.grace_period)
         assert cfg.phases.geometry_start < epochs
-        # structure epochs keep about as many steps as a full-data epoch (39), batches of at least 32
-        assert cfg.data.batch_size == 32 or 36 <= -(-len(split.train) // cfg.data.batch_size) <= 42
+        # structure epochs keep about as many steps as a full-data epoch (39, within a factor sqrt(2)), batches
+        # on the power-of-two grid 32-512 (cohort members with equal batches share step groups)
+        assert cfg.data.batch_size in (32, 64, 128, 256, 512)
+        steps = -(-len(split.train) // cfg.data.batch_size)
+        assert steps <= 39 * math.sqrt(2) and (cfg.data.batch_size == 32 or steps >= 39 / math.sqrt(2))
         study.tell(trial, 0.0)
     assert set(seen) == set(data.SPLIT_KINDS)
     assert min(fractions) < 0.08 and max(fractions) <= 0.9
@@ -58,6 +62,9 @@ def test_coverage_plan_follows_the_training_set():
     assert grokking.coverage_plan(984, 500) == (128, 116)
     assert grokking.coverage_plan(3937, 300) == (128, 39)
     assert grokking.structure_batch(data.N_OPS) == 512 and grokking.structure_batch(984) == 32
+    # the nearest power of two in log scale: 512 * 3937 / 19683 = 102.4 -> 128 (not 64), 9841 -> 255.99 -> 256
+    assert grokking.structure_batch(3937) == 128 and grokking.structure_batch(9841) == 256
+    assert grokking.structure_batch(2000) == grokking.structure_batch(2400) == 64
 
 
 def test_search_spaces_lists_the_split_parameters():

@@ -2,11 +2,13 @@
 computed by the same stacked operations (`tvae.cohort.stacked`).
 
 Per member, never shared: its configuration's searched values, its seed and random numbers
-(`tvae.cohort.randomness`), data order and batches, held-out split, Adam state and step counts, clipping norm,
-homeostasis decisions, divergence and checkpoint slice. Members in the same phase with the same encoders
-frozen train as one *group*: the group's steps run over the stacked parameters of its members; members of
-another phase or frozen state form another group in the same epoch. A member whose epoch has fewer steps (a
-smaller training split) sits out the group's remaining steps (no update).
+(`tvae.cohort.randomness`), data order, batch sizes and batches, held-out split, Adam state and step counts,
+clipping norm, homeostasis decisions, divergence and checkpoint slice. Members in the same phase with the same
+batch size and the same encoders frozen train as one *group* (`Member.signature`): the group's steps run over
+the stacked parameters of its members; members of another phase, batch size or frozen state form another group
+in the same epoch. A group's batch size is read from its members (their signature), never from the shared
+configuration. A member whose epoch has fewer steps (a smaller training split) sits out the group's remaining
+steps (no update). Evaluation runs for all members together, whatever their groups.
 
 An epoch reads: groups -> for each group: inputs -> steps -> (scatter back) -> checks -> evaluation -> rows ->
 homeostasis.
@@ -100,12 +102,18 @@ class Member:
     def phase(self) -> str:
         return phase_of(self.cfg, self.epoch)
 
+    def batch_size(self) -> int:
+        """The batch size of the member's steps in its current phase (coverage: shuffled full passes; structure
+        and geometry: the stratified sampler's batches)."""
+        return self.cfg.coverage.batch_size if self.phase() == "coverage" else self.sampler.batch_size
+
     def signature(self) -> tuple:
-        """What decides the computation of the member's steps: members with equal signatures share a group."""
+        """What decides the shape and computation of the member's steps: (phase, batch size) and, after the
+        coverage phase, which encoders are frozen. Members with equal signatures share a group."""
         phase = self.phase()
         if phase == "coverage":
-            return (phase,)
-        return (phase, self.homeostasis.frozen["encoder_A"], self.homeostasis.frozen["encoder_B"])
+            return (phase, self.batch_size())
+        return (phase, self.batch_size(), self.homeostasis.frozen["encoder_A"], self.homeostasis.frozen["encoder_B"])
 
 
 class Cohort:
@@ -123,7 +131,7 @@ class Cohort:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
         cfg = configs[0]
-        self.shared = cfg                               # the members' shared keys are read from here
+        self.shared = cfg       # the members' shared keys are read from here (batch sizes are per member: not here)
         self.layout = Layout(cfg.model)
         self.model = StackedTernaryVAE(cfg.model, self.layout)
         self.trits = data.all_trits().to(dev)
@@ -251,8 +259,9 @@ class Cohort:
                 torch.stack([self.members[k].cache[name][1] for k in idx]))
 
     def _train_group(self, idx: list[int], signature: tuple) -> dict[int, dict[str, Any]]:
-        """Train one epoch of the members ``idx`` that share ``signature``; returns each member's sums."""
-        phase = signature[0]
+        """Train one epoch of the members ``idx`` that share ``signature`` (`Member.signature`: phase, batch size,
+        frozen encoders); returns each member's sums."""
+        phase, batch_size = signature[:2]
         members = [self.members[k] for k in idx]
         frozen = {"encoder_A": False, "encoder_B": True} if phase == "coverage" else members[0].homeostasis.frozen
         modules = trainable_modules(phase, frozen)
@@ -274,7 +283,7 @@ class Cohort:
                     m.cache.pop(name, None)
         rates = [module_rates(m.cfg, m.epoch, phase) for m in members]
         if phase == "coverage":
-            inp, n_steps = self._coverage_inputs(members)
+            inp, n_steps = self._coverage_inputs(members, batch_size)
         else:
             cached = {name: self._frozen_outputs(idx, name, params) for name in ("encoder_A", "encoder_B")
                       if frozen[name]}
@@ -333,10 +342,9 @@ class Cohort:
         return {name: torch.stack([self._pad_steps(d[name], S) for d in per_member])
                 for name in per_member[0]}
 
-    def _coverage_inputs(self, members: list[Member]) -> tuple[dict[str, Any], list[int]]:
-        cfg = self.shared
-        bsz = cfg.coverage.batch_size
-        n_pairs = min(cfg.loss.radial.n_pairs, bsz * (bsz - 1) // 2)
+    def _coverage_inputs(self, members: list[Member], bsz: int) -> tuple[dict[str, Any], list[int]]:
+        """Every coverage step of ``members`` (whose coverage batch size is ``bsz``, their group's)."""
+        n_pairs = min(self.shared.loss.radial.n_pairs, bsz * (bsz - 1) // 2)
         per, n_steps = [], []
         for m in members:
             n = len(m.train_ops)
@@ -356,6 +364,8 @@ class Cohort:
 
     def _structure_inputs(self, members: list[Member], phase: str, cached: dict[str, tuple[torch.Tensor, torch.Tensor]]
                           ) -> tuple[dict[str, Any], list[int]]:
+        """Every structure (or geometry) step of ``members``: each draws its own batches (S, B) from its sampler;
+        B, and so the numbers of loss pairs min(n_pairs, B(B-1)/2), is the group's batch size."""
         L = self.shared.loss
         per, n_steps = [], []
         for i, m in enumerate(members):

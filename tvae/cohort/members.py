@@ -1,9 +1,11 @@
 """Which configurations can train together as one cohort, and how to group those that cannot.
 
-Members of a cohort share the shape of every tensor of a step: the model, the batch sizes, the numbers of loss
-pairs, the radius targets, which loss terms exist. Everything else a study searches may differ per member:
-seed, epochs, learning rates and their schedule, weight decay, clipping, training fraction and split, phase
-epochs, loss weights, homeostasis and evaluation settings (`PER_MEMBER`).
+Members of a cohort share the model (the shape of every parameter), the numbers of loss pairs, the radius
+targets and which loss terms exist. Everything else a study searches may differ per member: seed, epochs,
+learning rates and their schedule, weight decay, clipping, training fraction and split, both batch sizes
+(`data.batch_size`, `coverage.batch_size`), phase epochs, loss weights, homeostasis and evaluation settings
+(`PER_MEMBER`). Members with different batch sizes train as separate groups of the same epoch
+(`tvae.cohort.engine.Member.signature`): their steps are not stacked together, their evaluation is.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from tvae.config import Config
 PER_MEMBER: tuple[str, ...] = (
     "preset", "seed", "epochs",
     "optim.lr", "optim.weight_decay", "optim.max_grad_norm", "optim.lr_scale_",
-    "data.train_fraction", "data.split",
+    "data.train_fraction", "data.split", "data.batch_size", "coverage.batch_size",
     "phases.", "schedule.",
     "coverage.lr", "coverage.min_lr_scale", "coverage.weight_decay", "coverage.recon_weight", "coverage.beta",
     "coverage.free_bits", "coverage.radial_weight",
