@@ -8,6 +8,11 @@
    timed from the first process start to the last exit.
 Both include process/actor start-up, imports and building each run. Prints a table and one JSON line.
 
+With ``--population K``, the comparison is instead two real studies of the same trials (the sampler's seeded
+start-up draws: keep TRIALS ≤ 10 for identical parameters, the output says whether they were): one trial per
+process against cohorts of K trials per Ray Tune trial (`study.cohort_trainable`), CONCURRENCY Tune trials at
+once each, the order alternating between repeats.
+
 On a GPU, --gpus-per-trial 0.25 --concurrency 4 packs four trials on one card: the study figure is then the
 aggregate throughput of the packed card.
 """
@@ -54,6 +59,50 @@ def run_study(space, config, location) -> tuple[float, float, list[dict], list[f
     return t1 - t0, t2 - t1, params, epoch_seconds
 
 
+def compare_population(space, args) -> int:
+    """Two real studies side by side, a trial per process against cohorts of ``args.population``."""
+    from study.config import StudyConfig
+    from study.layout import StudyLocation
+
+    seconds: dict[int, list[float]] = {1: [], args.population: []}
+    params: dict[int, list[dict]] = {}
+    for repeat in range(args.repeats):
+        order = [1, args.population] if repeat % 2 == 0 else [args.population, 1]
+        for population in order:
+            with tempfile.TemporaryDirectory(prefix="tvae-bench-") as tmp:
+                config = StudyConfig(space=space.name, name=f"bench{repeat}k{population}", trials=args.trials,
+                                     epochs=args.epochs, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
+                                     gpus_per_trial=args.gpus_per_trial, results=tmp, seed=args.seed, scheduler="fifo",
+                                     checkpoint_every=args.checkpoint_every, population=population)
+                location = StudyLocation.open(tmp, config.name)
+                location.makedirs(location.path)
+                _started, fitted, params[population], _rows = run_study(space, config, location)
+                seconds[population].append(fitted)
+    work = args.trials * args.epochs
+    rate = {k: work / statistics.median(v) for k, v in seconds.items()}
+    same = sorted(map(_key, params[1])) == sorted(map(_key, params[args.population]))
+    ratio = rate[args.population] / rate[1]
+    print(f"{'':30}{'seconds':>10}{'trial-epochs/s':>16}")
+    print(f"{'study, a trial per process':30}{statistics.median(seconds[1]):>10.1f}{rate[1]:>16.3f}")
+    print(f"{'study, cohorts of ' + str(args.population):30}{statistics.median(seconds[args.population]):>10.1f}"
+          f"{rate[args.population]:>16.3f}")
+    print(f"cohorts / a trial per process: {ratio:.2f}×  ({args.trials} trials × {args.epochs} epochs, "
+          f"{args.concurrency} Tune trials at once, space {space.name}, same parameters: {'yes' if same else 'no'}, "
+          f"{args.repeats} repeat(s), medians of Tuner.fit seconds)")
+    print(json.dumps({"bench": "study_population", "space": space.name, "trials": args.trials, "epochs": args.epochs,
+                      "concurrency": args.concurrency, "cpus_per_trial": args.cpus_per_trial,
+                      "gpus_per_trial": args.gpus_per_trial, "population": args.population,
+                      "checkpoint_every": args.checkpoint_every, "repeats": args.repeats,
+                      "single_seconds": seconds[1], "cohort_seconds": seconds[args.population],
+                      "single_trial_epochs_per_s": rate[1], "cohort_trial_epochs_per_s": rate[args.population],
+                      "cohort_over_single": ratio, "same_parameters": same}))
+    return 0
+
+
+def _key(params: dict) -> str:
+    return json.dumps({k: round(v, 12) if isinstance(v, float) else v for k, v in params.items()}, sort_keys=True)
+
+
 def run_bare(space, params: list[dict], epochs: int, seed: int, concurrency: int, device: str,
              threads: int, epoch_seconds: list[float] | None = None) -> float:
     """Wall seconds for the bare trainer to train every trial, ``concurrency`` processes at once (each
@@ -93,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=10, help="study checkpoint cadence (default 10)")
     parser.add_argument("--repeats", type=int, default=1, help="repeat both measurements; medians reported")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--population", type=int, default=None,
+                        help="compare a study with cohorts of this many trials against one with a trial per process "
+                             "(instead of the bare trainer)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -102,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     from study.layout import StudyLocation
 
     space = search_spaces.get(args.space)
+    if args.population is not None:
+        if args.population < 2:
+            parser.error("--population: give the cohort size to compare, ≥ 2")
+        return compare_population(space, args)
     device = "cuda" if args.gpus_per_trial > 0 else "cpu"
     ray_s, study_s, bare_s = [], [], []
     study_epoch_s: list[float] = []
