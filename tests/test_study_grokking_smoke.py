@@ -1,5 +1,7 @@
 """A smoke-sized `grokking` study, as a real `python -m study.run` on a real local Ray: four short trials whose
-sampled split kinds are all four kinds (the sampler's seed 11 draws them), each with held-out metrics."""
+sampled split kinds are all four kinds (the sampler's seed 11 draws them), each with held-out metrics; once a
+trial per process, once as one cohort of four (members with different splits, training fractions and batch
+sizes)."""
 from __future__ import annotations
 
 import pyarrow.parquet as pq
@@ -13,12 +15,13 @@ from tvae import data
 pytestmark = pytest.mark.slow
 
 
-def test_smoke_grokking_study_samples_every_split_kind(tmp_path):
+@pytest.mark.parametrize("population", [1, 4])
+def test_smoke_grokking_study_samples_every_split_kind(tmp_path, population):
     studies = Studies(tmp_path)
     try:
         rc, output = studies.run("--space", "grokking", "--name", "g", "--trials", "4", "--epochs", "4",
                                  "--set", "preset=tiny", "--seed", "11", "--concurrency", "2",
-                                 "--results", str(tmp_path), timeout=400)
+                                 "--population", str(population), "--results", str(tmp_path), timeout=400)
     finally:
         studies.cleanup()
     assert rc == 0, output[-4000:]
