@@ -47,8 +47,8 @@ _HELP = {
            "the key must exist and not be one the space searches; VALUE is JSON (1e-3, 3, true, null, [..]), "
            "else a decimal number (.5), else text",
     "population": "study trials trained together as one cohort in each Ray Tune trial (one process, stacked "
-                  "parameters; each trial keeps its own Optuna trial, rows, status and early stopping). Default: 1 "
-                  "on a CPU, on a GPU enough to fill the concurrent cohorts (up to 64). docs/cohorts.md",
+                  "parameters; each trial keeps its own Optuna trial, rows, status and early stopping). Default 1: a "
+                  "trial per process. docs/cohorts.md",
     "dry_run": "print the plan (new study, or what a resume would skip, continue, retry or start) and exit",
 }
 
@@ -116,7 +116,7 @@ def check_sets(space, sets: dict[str, Any]) -> None:
 
 def _new_config(given: dict[str, Any], sets: dict[str, Any]):
     import search_spaces
-    from study.config import COHORT_TASKS, StudyConfig, default_population
+    from study.config import COHORT_TASKS, StudyConfig
 
     if "space" not in given:
         raise ValueError("--space is required for a new study (list them with `python -m search_spaces`)")
@@ -124,10 +124,7 @@ def _new_config(given: dict[str, Any], sets: dict[str, Any]):
     values = {"name": given.get("name", space.name), "trials": space.trials, "epochs": space.epochs,
               "scheduler": space.scheduler, "grace_period": space.grace_period, "results": "results"}
     values.update(given)
-    if "population" not in given:
-        values["population"] = default_population(space.task, float(given.get("gpus_per_trial", 0.0)),
-                                                  int(values["trials"]), int(values.get("concurrency", 2)))
-    elif given["population"] > 1 and space.task not in COHORT_TASKS:
+    if given.get("population", 1) > 1 and space.task not in COHORT_TASKS:
         raise ValueError(f"--population {given['population']}: the task {space.task!r} of the space {space.name!r} "
                          f"has no cohort engine (cohorts: {', '.join(COHORT_TASKS)}); use --population 1")
     if sets:
