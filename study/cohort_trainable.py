@@ -95,6 +95,12 @@ def member_report(cohort, k: int, ledger: Ledger, settings: TrialSettings) -> di
     return report
 
 
+def _result(cohort, ids: list[str], ledger: Ledger, settings: TrialSettings) -> dict[str, Any]:
+    """The cohort's Tune result: its progress, whether every member has ended, and each member's report."""
+    return {PROGRESS_KEY: cohort.epoch, DIVERGED_KEY: 0, DONE_KEY: int(not cohort.active),
+            MEMBERS_KEY: {member_id: member_report(cohort, k, ledger, settings) for k, member_id in enumerate(ids)}}
+
+
 def _load(directory: Path, settings: TrialSettings):
     from tvae.cohort import Cohort
 
@@ -142,6 +148,8 @@ def train_cohort(config: dict[str, Any], settings: TrialSettings) -> None:
             recorder.write_part(location, ids[k], buffers[k])
             buffers[k] = []
 
+    if not cohort.active:   # restored from its final checkpoint: report the members' ends once more
+        tune.report(_result(cohort, ids, ledger, settings))
     while cohort.active:
         running = cohort.active
         for k in running:
@@ -160,8 +168,7 @@ def train_cohort(config: dict[str, Any], settings: TrialSettings) -> None:
             if not m.active:
                 flush(k)     # an ended member's rows reach disk now
         done = not cohort.active
-        metrics = {PROGRESS_KEY: cohort.epoch, DIVERGED_KEY: 0, DONE_KEY: int(done),
-                   MEMBERS_KEY: {ids[k]: member_report(cohort, k, ledger, settings) for k in range(len(members))}}
+        metrics = _result(cohort, ids, ledger, settings)
         if done or cohort.epoch % settings.checkpoint_every == 0:
             for k in range(len(members)):
                 flush(k)                                          # rows first ...
