@@ -27,8 +27,8 @@ from ray import tune
 from study import faults, recorder
 from study.layout import StudyLocation
 from study.statuses import TrialStatus
-from study.trainable import (DIVERGED_KEY, DONE_KEY, PROGRESS_KEY, STATE_FILE, CheckpointPruner, TrialSettings,
-                             _next_attempt, _scalar_metrics, _write_marker, restore_latest)
+from study.trainable import (DIVERGED_KEY, DONE_KEY, PROGRESS_KEY, STATE_FILE, TrialSettings, _next_attempt,
+                             _scalar_metrics, _write_marker, restore_latest)
 
 MEMBERS_KEY = "members"          # the Tune trial's config, and the per-member part of each result
 COHORT_SUBDIR = "cohort"
@@ -141,7 +141,6 @@ def train_cohort(config: dict[str, Any], settings: TrialSettings) -> None:
                                                       "cohort": tune.get_context().get_trial_id()})
     stopping = settings.member_stopping
     buffers: list[list[dict[str, Any]]] = [[] for _ in members]
-    pruner = CheckpointPruner(location, tune.get_context().get_trial_id())
 
     def flush(k: int) -> None:
         if buffers[k]:
@@ -177,6 +176,5 @@ def train_cohort(config: dict[str, Any], settings: TrialSettings) -> None:
                 (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": cohort.epoch, "attempts": attempts,
                                                                 "ledger": ledger.to_dict()}))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))   # ... then the checkpoint
-            pruner.after_checkpoint()
         else:
             tune.report(metrics)

@@ -17,8 +17,6 @@ from typing import Any
 SCHEDULERS = ("fifo", "grokking_asha")
 IDENTITY = ("space", "trials", "epochs", "seed", "scheduler", "grace_period", "checkpoint_every",
             "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures", "population")
-# seconds between Ray Tune's experiment snapshots (TUNE_GLOBAL_CHECKPOINT_S; study.trainable.CheckpointPruner)
-SNAPSHOT_PERIOD_S = 10
 # tasks whose trials can train as cohorts (``--population`` > 1): the ones with a cohort engine
 COHORT_TASKS = ("ternary_vae",)
 

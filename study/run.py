@@ -260,12 +260,10 @@ def _run(space, config, location, resume: bool) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our Parquet rows are the record
     os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
-    # the experiment snapshot (what a resume starts from) every SNAPSHOT_PERIOD_S seconds at most: trials delete
-    # their superseded checkpoints only long after that (study.trainable.CheckpointPruner). No Ray import before
-    # cluster.start: it sets Ray's authentication mode for a joined cluster
-    from study.config import SNAPSHOT_PERIOD_S
-
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_PERIOD_S))
+    # Tune forces an experiment snapshot when a trial has checkpointed num_to_keep (2) times since the last one,
+    # and warns when that happens within 5 s: with short epochs it does, by design (the snapshot is what a
+    # resume starts from), so the warning only alarms users
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     resume_cmd = config.resume_command()
     # SIGTERM behaves like Ctrl-C: Tune saves its state and stops the trials
     _sigterm_as_sigint()

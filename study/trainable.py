@@ -53,40 +53,6 @@ class TrialSettings:
     member_stopping: Any = None
 
 
-# Tune's own pruning (CheckpointConfig.num_to_keep) deletes a trial's oldest checkpoint in the same step that
-# makes it force an experiment snapshot; a driver killed between the two leaves a snapshot that names a deleted
-# checkpoint, and the trial can then never be restored (Tune raises before the trainable runs). Tune therefore
-# keeps every checkpoint, and each trial deletes its own once they have been superseded for SUPERSEDED_GRACE_S
-# seconds: long after every experiment snapshot (every SNAPSHOT_PERIOD_S, study.config) names a newer one. The
-# newest KEEP_NEWEST always stay (`restore_latest` falls back to the older one when the newest is torn).
-SUPERSEDED_GRACE_S = 120.0
-KEEP_NEWEST = 2
-
-
-class CheckpointPruner:
-    """Deletes the trial's checkpoints (``STUDY/tune/trial_<id>/checkpoint_*``) superseded for longer than
-    ``grace`` seconds, always keeping the newest ``keep``. Call `after_checkpoint` after each registered one."""
-
-    def __init__(self, location: StudyLocation, trial_id: str, grace: float = SUPERSEDED_GRACE_S,
-                 keep: int = KEEP_NEWEST) -> None:
-        self.location, self.grace, self.keep = location, grace, keep
-        self.directory = location.join("tune", f"trial_{trial_id}")
-        self.superseded_at: dict[str, float] = {}
-
-    def after_checkpoint(self, now: float | None = None) -> list[str]:
-        now = time.monotonic() if now is None else now
-        names = sorted(p for p in self.location.list_dirs(self.directory)
-                       if p.rpartition("/")[2].startswith("checkpoint_"))
-        removed = []
-        for path in names[:-self.keep] if self.keep else names:
-            first = self.superseded_at.setdefault(path, now)
-            if now - first >= self.grace:
-                self.location.fs.delete_dir(path)
-                self.superseded_at.pop(path)
-                removed.append(path)
-        return removed
-
-
 def _scalar_metrics(row: dict[str, Any]) -> dict[str, Any]:
     """What goes to Tune: numbers and booleans only (strings stay in the Parquet row)."""
     return {k: (float(v) if isinstance(v, bool) else v) for k, v in row.items()
@@ -195,7 +161,6 @@ def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                                                 "from_checkpoint": used, "repairs": repairs})
 
     buffer: list[dict[str, Any]] = []
-    pruner = CheckpointPruner(location, trial_id)
     while run.epoch < run.epochs:
         try:
             faults.before_epoch(location.path, trial_id, run)   # inert unless TVAE_STUDY_FAULTS is set
@@ -221,7 +186,6 @@ def train_trial(config: dict[str, Any], settings: TrialSettings) -> None:
                 run.save(Path(tmp) / RUN_SUBDIR)
                 (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": run.epoch, "attempt": attempt}))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))  # ... then checkpoint
-            pruner.after_checkpoint()
         else:
             if run.epoch in settings.flush_at:
                 recorder.write_part(location, trial_id, buffer)

@@ -443,7 +443,7 @@ def _run_config(config: StudyConfig, location: StudyLocation, callback: TrialsTa
     return tune.RunConfig(
         name="tune", storage_path=location.path, storage_filesystem=location.fs,
         failure_config=tune.FailureConfig(max_failures=config.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),   # trials prune their own (CheckpointPruner)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[callback], verbose=1)
 
 

@@ -128,22 +128,3 @@ def test_arrow_journal_backend_on_a_non_local_filesystem():
                                                                                         location.journal_path)))
     assert [t.value for t in again.trials] == [1.0, 3.0] and again.best_value == 3.0
 
-
-def test_a_trial_deletes_its_superseded_checkpoints_only_after_the_grace(tmp_path):
-    from study.trainable import CheckpointPruner
-
-    location = StudyLocation.open(str(tmp_path), "p")
-    trial_dir = tmp_path / "p" / "tune" / "trial_t1"
-    for n in range(1, 6):
-        (trial_dir / f"checkpoint_{n:06d}").mkdir(parents=True)
-    (trial_dir / "error.txt").write_text("kept")
-    pruner = CheckpointPruner(location, "t1", grace=120.0, keep=2)
-    assert pruner.after_checkpoint(now=0.0) == []                      # superseded just now: every one stays
-    assert pruner.after_checkpoint(now=119.0) == []
-    removed = pruner.after_checkpoint(now=120.0)
-    assert sorted(p.rpartition("/")[2] for p in removed) == ["checkpoint_000001", "checkpoint_000002",
-                                                              "checkpoint_000003"]
-    (trial_dir / "checkpoint_000006").mkdir()                          # a newer one supersedes checkpoint 4
-    assert pruner.after_checkpoint(now=200.0) == []
-    assert pruner.after_checkpoint(now=320.0) != []
-    assert sorted(p.name for p in trial_dir.iterdir()) == ["checkpoint_000005", "checkpoint_000006", "error.txt"]
