@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
