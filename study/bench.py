@@ -89,14 +89,18 @@ def compare_population(space, args) -> int:
     print(f"cohorts / a trial per process: {ratio:.2f}×  ({args.trials} trials × {args.epochs} epochs, "
           f"{args.concurrency} Tune trials at once, space {space.name}, same parameters: {'yes' if same else 'no'}, "
           f"{args.repeats} repeat(s), medians of Tuner.fit seconds)")
-    print(json.dumps({"bench": "study_population", "space": space.name, "trials": args.trials, "epochs": args.epochs,
-                      "concurrency": args.concurrency, "cpus_per_trial": args.cpus_per_trial,
-                      "gpus_per_trial": args.gpus_per_trial, "population": args.population,
-                      "checkpoint_every": args.checkpoint_every, "repeats": args.repeats,
+    print(json.dumps({"bench": "study_population", **_measured_setup(space, args), "population": args.population,
                       "single_seconds": seconds[1], "cohort_seconds": seconds[args.population],
                       "single_trial_epochs_per_s": rate[1], "cohort_trial_epochs_per_s": rate[args.population],
                       "cohort_over_single": ratio, "same_parameters": same}))
     return 0
+
+
+def _measured_setup(space, args) -> dict:
+    """What a JSON line of the bench records about the setup it measured."""
+    return {"space": space.name, "trials": args.trials, "epochs": args.epochs, "concurrency": args.concurrency,
+            "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+            "checkpoint_every": args.checkpoint_every, "repeats": args.repeats}
 
 
 def _key(params: dict) -> str:
@@ -195,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"study / bare: {ratio:.1%}  ({args.trials} trials × {args.epochs} epochs, {args.concurrency} at once, "
           f"{args.cpus_per_trial} CPU + {args.gpus_per_trial} GPU each, space {space.name}, "
           f"{args.repeats} repeat(s), medians)")
-    print(json.dumps({"bench": "study", "space": space.name, "trials": args.trials, "epochs": args.epochs,
-                      "concurrency": args.concurrency, "cpus_per_trial": args.cpus_per_trial,
-                      "gpus_per_trial": args.gpus_per_trial, "checkpoint_every": args.checkpoint_every,
-                      "repeats": args.repeats, "bare_seconds": bare_s, "study_seconds": study_s,
+    print(json.dumps({"bench": "study", **_measured_setup(space, args), "bare_seconds": bare_s, "study_seconds": study_s,
                       "ray_start_seconds": ray_s, "bare_trial_epochs_per_s": bare_rate,
                       "study_trial_epochs_per_s": study_rate, "study_over_bare": ratio,
                       "bare_median_epoch_seconds": statistics.median(bare_epoch_s),
