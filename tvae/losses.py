@@ -105,6 +105,48 @@ def _geodesic_reference(z, pair_target, pi, pj, c):
     return F.smooth_l1_loss(d, pair_target.expand_as(d), reduction="none", beta=1.0).mean(-1)
 
 
+def geodesic_pair_terms(xy: torch.Tensor, target: torch.Tensor, c: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The forward quantities of the geodesic term for gathered pairs ``xy`` (..., 2, n, P, d) (the two ends on
+    axis -4) and targets (..., n): every intermediate the written-out gradients need, and ``loss`` (..., P), the
+    smooth-L1 (beta = 1) error of the Poincaré distance averaged over the n pairs. Shared by the single run's and
+    the cohort's `_Geodesic` (a leading member axis is just one more batch axis here)."""
+    x, y = xy.select(-4, 0), xy.select(-4, 1)                    # (..., n, P, d)
+    diff = x - y
+    sq = (diff * diff).sum(-1)                                   # (..., n, P)
+    ab = 1.0 - c * (xy * xy).sum(-1)                             # (..., 2, n, P)
+    a, b = ab.select(-3, 0), ab.select(-3, 1)
+    den = a * b
+    den_c = den.clamp_min(_EPS)
+    arg = 1.0 + 2.0 * c * sq / den_c
+    arg_c = arg.clamp_min(1.0 + _EPS)
+    err = torch.acosh(arg_c) / c.sqrt() - target.unsqueeze(-1)
+    abs_err = err.abs()
+    loss = torch.where(abs_err < 1.0, 0.5 * err * err, abs_err - 0.5).mean(-2)
+    return {"diff": diff, "sq": sq, "a": a, "b": b, "den": den, "den_c": den_c, "arg": arg, "arg_c": arg_c,
+            "err": err, "loss": loss}
+
+
+GEODESIC_SAVED = ("diff", "sq", "a", "b", "den", "den_c", "arg", "arg_c", "err")   # what the gradient reads
+
+
+def geodesic_pair_grad(grad: torch.Tensor, xy: torch.Tensor, saved: dict[str, torch.Tensor],
+                       c: torch.Tensor) -> torch.Tensor:
+    """The gradient of `geodesic_pair_terms`'s ``loss`` (…, P) with respect to ``xy`` (…, 2, n, P, d), given the
+    upstream ``grad`` (…, P) and the saved forward quantities (`GEODESIC_SAVED`)."""
+    diff, sq, a, b, den, den_c, arg, arg_c, err = (saved[k] for k in GEODESIC_SAVED)
+    n = err.shape[-2]
+    g_d = (grad.unsqueeze(-2) / n) * err.clamp(-1.0, 1.0)                        # SmoothL1'(err) = clip(err)
+    g_arg = (g_d / (c.sqrt() * torch.sqrt(arg_c * arg_c - 1.0))) * (arg >= 1.0 + _EPS)
+    g_sq = g_arg * (2.0 * c / den_c)
+    g_den = -g_arg * (2.0 * c * sq / (den_c * den_c)) * (den >= _EPS)
+    # d den / d|x|^2 = -c b, d den / d|y|^2 = -c a; d|x|^2/dx = 2x; d sq/dx = 2 diff = -d sq/dy
+    g_xy = (torch.stack([g_den * b, g_den * a], -3) * (-2.0 * c)).unsqueeze(-1) * xy   # (..., 2, n, P, d)
+    g_diff = (2.0 * g_sq).unsqueeze(-1) * diff
+    g_xy.select(-4, 0).add_(g_diff)
+    g_xy.select(-4, 1).sub_(g_diff)
+    return g_xy
+
+
 class _Geodesic(torch.autograd.Function):
     """`_geodesic_reference` (beta = 1) with its gradient with respect to z written out. Works in a pair-major
     layout: z (P, B, d) is gathered as rows of a (B, P*d) copy, so the backward is one row-wise index_add
@@ -118,38 +160,17 @@ class _Geodesic(torch.autograd.Function):
         n = len(pi)
         rows = zp.transpose(0, 1).reshape(B, P * d)                # (B, P*d)
         xy = rows.index_select(0, torch.cat([pi, pj])).view(2, n, P, d)
-        x, y = xy[0], xy[1]                                        # (n, P, d)
-        diff = x - y
-        sq = (diff * diff).sum(-1)                                 # (n, P)
-        norms = (xy * xy).sum(-1)                                  # (2, n, P)
-        ab = 1.0 - c * norms
-        a, b = ab[0], ab[1]
-        den = a * b
-        den_c = den.clamp_min(_EPS)
-        arg = 1.0 + 2.0 * c * sq / den_c
-        arg_c = arg.clamp_min(1.0 + _EPS)
-        err = torch.acosh(arg_c) / c.sqrt() - target.unsqueeze(-1)
-        abs_err = err.abs()
-        loss = torch.where(abs_err < 1.0, 0.5 * err * err, abs_err - 0.5).mean(0)     # (P,)
-        ctx.save_for_backward(pi, pj, xy, diff, sq, a, b, den, den_c, arg, arg_c, err, c)
+        t = geodesic_pair_terms(xy, target, c)
+        ctx.save_for_backward(pi, pj, xy, c, *(t[k] for k in GEODESIC_SAVED))
         ctx.shape = (single, P, B, d)
-        return loss[0] if single else loss
+        return t["loss"][0] if single else t["loss"]                # (P,)
 
     @staticmethod
     def backward(ctx, grad):
-        pi, pj, xy, diff, sq, a, b, den, den_c, arg, arg_c, err, c = ctx.saved_tensors
+        pi, pj, xy, c, *saved = ctx.saved_tensors
         single, P, B, d = ctx.shape
-        n = err.shape[0]
-        g_d = (grad.reshape(P) / n) * err.clamp(-1.0, 1.0)                           # SmoothL1'(err) = clip(err)
-        g_arg = (g_d / (c.sqrt() * torch.sqrt(arg_c * arg_c - 1.0))) * (arg >= 1.0 + _EPS)
-        g_sq = g_arg * (2.0 * c / den_c)
-        g_den = -g_arg * (2.0 * c * sq / (den_c * den_c)) * (den >= _EPS)
-        # d den / d|x|^2 = -c b, d den / d|y|^2 = -c a; d|x|^2/dx = 2x; d sq/dx = 2 diff = -d sq/dy
-        g_norms = torch.stack([g_den * b, g_den * a]) * (-2.0 * c)                 # (2, n, P)
-        g_xy = g_norms.unsqueeze(-1) * xy
-        g_diff = (2.0 * g_sq).unsqueeze(-1) * diff
-        g_xy[0] += g_diff
-        g_xy[1] -= g_diff
+        n = xy.shape[1]
+        g_xy = geodesic_pair_grad(grad.reshape(P), xy, dict(zip(GEODESIC_SAVED, saved)), c)   # (2, n, P, d)
         grad_rows = torch.zeros(B, P * d, dtype=xy.dtype, device=xy.device).index_add_(
             0, torch.cat([pi, pj]), g_xy.view(2 * n, P * d))
         grad_z = grad_rows.view(B, P, d).transpose(0, 1)

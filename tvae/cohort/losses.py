@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tvae.geometry import _EPS, distance
+from tvae.geometry import distance
+from tvae.losses import GEODESIC_SAVED, geodesic_pair_grad, geodesic_pair_terms
 
 
 def _bmv(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -172,34 +173,16 @@ class _Geodesic(torch.autograd.Function):
         offset = (torch.arange(K, device=z.device) * B).unsqueeze(1)
         gidx = torch.cat([pi + offset, pj + offset], 1).reshape(-1)                 # member-major: i's, then j's
         xy = rows.index_select(0, gidx).view(K, 2, n, P, d)
-        diff = xy[:, 0] - xy[:, 1]
-        sq = (diff * diff).sum(-1)                                                # (K, n, P)
-        norms = (xy * xy).sum(-1)                                                 # (K, 2, n, P)
-        ab = 1.0 - c * norms
-        a, b = ab[:, 0], ab[:, 1]
-        den = a * b
-        den_c = den.clamp_min(_EPS)
-        arg = 1.0 + 2.0 * c * sq / den_c
-        arg_c = arg.clamp_min(1.0 + _EPS)
-        err = torch.acosh(arg_c) / c.sqrt() - target.unsqueeze(-1)
-        abs_err = err.abs()
-        loss = torch.where(abs_err < 1.0, 0.5 * err * err, abs_err - 0.5).mean(1)  # (K, P)
-        ctx.save_for_backward(gidx, xy, diff, sq, a, b, den, den_c, arg, arg_c, err, c)
+        t = geodesic_pair_terms(xy, target, c)                                   # the single run's arithmetic
+        ctx.save_for_backward(gidx, xy, c, *(t[k] for k in GEODESIC_SAVED))
         ctx.shape = (K, P, B, d, n)
-        return loss
+        return t["loss"]                                                          # (K, P)
 
     @staticmethod
     def backward(ctx, grad):
-        gidx, xy, diff, sq, a, b, den, den_c, arg, arg_c, err, c = ctx.saved_tensors
+        gidx, xy, c, *saved = ctx.saved_tensors
         K, P, B, d, n = ctx.shape
-        g_d = (grad.unsqueeze(1) / n) * err.clamp(-1.0, 1.0)
-        g_arg = (g_d / (c.sqrt() * torch.sqrt(arg_c * arg_c - 1.0))) * (arg >= 1.0 + _EPS)
-        g_sq = g_arg * (2.0 * c / den_c)
-        g_den = -g_arg * (2.0 * c * sq / (den_c * den_c)) * (den >= _EPS)
-        g_xy = (torch.stack([g_den * b, g_den * a], 1) * (-2.0 * c)).unsqueeze(-1) * xy
-        g_diff = (2.0 * g_sq).unsqueeze(-1) * diff
-        g_xy[:, 0] += g_diff
-        g_xy[:, 1] -= g_diff
+        g_xy = geodesic_pair_grad(grad, xy, dict(zip(GEODESIC_SAVED, saved)), c)      # (K, 2, n, P, d)
         grad_rows = torch.zeros(K * B, P * d, dtype=xy.dtype, device=xy.device).index_add_(
             0, gidx, g_xy.reshape(K * 2 * n, P * d))
         return grad_rows.view(K, B, P, d).permute(0, 2, 1, 3), None, None, None, None
