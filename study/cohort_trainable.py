@@ -23,11 +23,11 @@ from typing import Any
 
 from ray import tune
 
-from study import faults, recorder
+from study import faults, recorder, trials_table
 from study.layout import StudyLocation
 from study.statuses import TrialStatus
 from study.trainable import (DIVERGED_KEY, DONE_KEY, PROGRESS_KEY, STATE_FILE, TrialSettings, _next_attempt,
-                             _scalar_metrics, _write_marker, restore_latest)
+                             _write_marker, restore_latest)
 
 MEMBERS_KEY = "members"          # the Tune trial's config, and the per-member part of each result
 COHORT_SUBDIR = "cohort"
@@ -35,12 +35,6 @@ COHORT_SUBDIR = "cohort"
 
 def member_trial_id(tune_trial_id: str, k: int) -> str:
     return f"{tune_trial_id}-m{k}"
-
-
-def _final(row: dict[str, Any], metric: str) -> dict[str, float]:
-    """The numbers of a member's last row that `trials.parquet` keeps as ``final_*`` (as for single trials)."""
-    return {k: v for k, v in _scalar_metrics(row).items()
-            if k.startswith(("train_", "heldout_")) or k in ("loss", metric)}
 
 
 class Ledger:
@@ -61,7 +55,7 @@ class Ledger:
         stopping = settings.member_stopping
         if stopping is not None and stopping.memorised(row):
             self.memorised[k] = True
-        self.final[k] = _final(row, settings.metric)
+        self.final[k] = trials_table.final_metrics(row, settings.metric)
 
     def to_dict(self) -> dict[str, Any]:
         return {"best": self.best, "memorised": self.memorised, "final": self.final}
@@ -73,7 +67,7 @@ class Ledger:
         return ledger
 
 
-def member_status(cohort_member) -> TrialStatus:
+def status_of(cohort_member) -> TrialStatus:
     """A cohort member's state (`tvae.cohort.Status`) in the study's vocabulary."""
     from tvae.cohort import Status
 
@@ -85,7 +79,7 @@ def member_report(cohort, k: int, ledger: Ledger, settings: TrialSettings) -> di
     """Member k's part of a Tune result: status, epochs done, the metric's last and best value, final numbers,
     the reason it was stopped or diverged."""
     m = cohort.members[k]
-    status = member_status(m)
+    status = status_of(m)
     report: dict[str, Any] = {"status": status.value, "epochs_done": m.epoch,
                               "value": ledger.final[k].get(settings.metric), "best": ledger.best[k],
                               **{f"final_{key}": v for key, v in ledger.final[k].items()}}

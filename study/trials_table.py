@@ -36,6 +36,14 @@ class TrialRecord:
         self.status = TrialStatus.parse(self.status).value
 
 
+def final_metrics(values: dict[str, Any], metric: str) -> dict[str, float]:
+    """What a trial's ``final_*`` columns keep from its last row or result: the split metrics, the loss and the
+    study's metric (numbers only)."""
+    return {k: v for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (k.startswith(("train_", "heldout_")) or k in ("loss", metric))}
+
+
 def _param_value(value: Any) -> Any:
     if isinstance(value, (list, dict)):
         return json.dumps(value, sort_keys=True)

@@ -318,15 +318,18 @@ def trial_record(trial: Trial, scheduler: TrialScheduler, metric: str, mode: str
     analysis = getattr(trial, "metric_analysis", {}) or {}
     if metric in analysis and not last.get(DIVERGED_KEY):
         best[metric] = analysis[metric].get(mode)
-    final = {k: v for k, v in last.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)
-             and (k.startswith(("train_", "heldout_")) or k in ("loss", metric))}
+    final = trials_table.final_metrics(last, metric)
     if last.get(DIVERGED_KEY):
         final.pop(metric, None)
-    attempts = len(location.list_files(location.join("attempts", f"trial_id={trial.trial_id}")))
+    attempts = _attempts(location, trial.trial_id)
     return trials_table.TrialRecord(trial_id=trial.trial_id, status=status, attempts=attempts,
                                     epochs_done=int(last.get(PROGRESS_KEY, 0) or 0), params=params, best=best,
                                     final=final, reason=reason)
+
+
+def _attempts(location: StudyLocation, trial_id: str) -> int:
+    """How many times the study trial started (its attempt markers)."""
+    return len(location.list_files(location.join("attempts", f"trial_id={trial_id}")))
 
 
 def member_status(report: dict[str, Any], cohort: TrialStatus) -> TrialStatus:
@@ -354,8 +357,8 @@ def member_records(trial: Trial, scheduler: TrialScheduler, metric: str, mode: s
         if status == TrialStatus.DIVERGED:
             final.pop(metric, None)
         reason = report.get("reason") if status in SETTLED else (cohort_reason if status == TrialStatus.ERROR else None)
-        attempts = len(location.list_files(location.join("attempts", f"trial_id={member['trial_id']}")))
-        records.append(trials_table.TrialRecord(trial_id=member["trial_id"], status=status, attempts=attempts,
+        records.append(trials_table.TrialRecord(trial_id=member["trial_id"], status=status,
+                                                attempts=_attempts(location, member["trial_id"]),
                                                 epochs_done=int(report.get("epochs_done", 0) or 0),
                                                 params=member["params"], best=best, final=final, reason=reason))
     return records
