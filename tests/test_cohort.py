@@ -46,7 +46,8 @@ HALF_BATCHES = {"data.batch_size": 1024, "coverage.batch_size": 1024}
 MEMBERS = [
     dict(seed=0),
     dict(seed=1, **{"optim.lr": 2e-3, "data.train_fraction": 0.6, "loss.rich.hierarchy_weight": 2.0,
-                    "phases.structure_start": 3, "optim.weight_decay": 1e-2, "schedule.kind": "cosine"}),
+                    "phases.structure_start": 3, "phases.geometry_start": 7, "optim.weight_decay": 1e-2,
+                    "schedule.kind": "cosine"}),
     dict(seed=2, **{"loss.rank.weight": 1.0, "optim.max_grad_norm": 0.5}),
     dict(seed=3, **HALF_BATCHES, **{"data.train_fraction": 0.5}),     # phases as members 0 and 2, other batches
 ]
@@ -72,6 +73,7 @@ def same(a, b):
 @pytest.mark.slow
 @pytest.mark.parametrize("k", [
     1,      # its own seed, learning rate, schedule, weight decay, training fraction (fewer steps), phase epochs
+            # (epoch 7: geometry in one group with members 0 and 2 in structure)
     3,      # its own batch sizes: every epoch in a group apart from members 0 and 2 (same phase, other batches)
 ])
 def test_a_member_gives_the_same_rows_alone_and_in_a_cohort(cohort_rows, k):
@@ -89,6 +91,9 @@ def test_members_really_differ(cohort_rows):
     assert a["loss"] != b["loss"] and a["lr"] != b["lr"]
     assert "heldout_Q" in b and "heldout_Q" not in a
     assert cohort_rows[1][3]["phase"] == "structure" and cohort_rows[0][3]["phase"] == "coverage"
+    # epoch 7: one group, member 1 in geometry (its geodesic term), members 0 and 2 in structure (none)
+    assert cohort_rows[1][7]["phase"] == "geometry" and cohort_rows[1][7]["loss_geodesic"] > 0
+    assert cohort_rows[0][7]["phase"] == "structure" and cohort_rows[0][7]["loss_geodesic"] == 0
 
 
 def test_a_diverging_member_stops_and_the_others_go_on():
@@ -142,6 +147,9 @@ def test_members_with_other_batch_sizes_train_in_groups_of_their_own():
         m.epoch = 4
     assert [m.signature()[:2] for m in cohort.members] == [("structure", 2048), ("structure", 1024),
                                                            ("structure", 2048)]
+    cohort.members[2].epoch = 8      # geometry: the same steps as structure (the geodesic term weighted per member)
+    assert cohort.members[2].phase() == "geometry"
+    assert cohort.members[2].signature() == cohort.members[0].signature()
 
 
 def test_dropout_multipliers_follow_their_definition():
@@ -219,9 +227,9 @@ def test_hand_written_gradients_match_autograd():
     members = cohort.members
     for k in range(2):
         cohort._begin_structure(k)
-    inp, _ = cohort._structure_inputs(members, "geometry", {})
+    inp, _ = cohort._structure_inputs(members, ["geometry"] * 2, {})
     step = {k: v[:, 0] for k, v in inp["steps"].items()}
-    w = cohort._weights(members, "geometry")
+    w = cohort._weights(members, ["geometry"] * 2)
     z = (torch.randn(2, 2, step["x"].shape[1], 16, generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_()
     r, pw = z.norm(dim=-1) * 2, torch.tensor([0.5, 1.0])
     for use_zero in (False, True):

@@ -3,12 +3,13 @@ computed by the same stacked operations (`tvae.cohort.stacked`).
 
 Per member, never shared: its configuration's searched values, its seed and random numbers
 (`tvae.cohort.randomness`), data order, batch sizes and batches, held-out split, Adam state and step counts,
-clipping norm, homeostasis decisions, divergence and checkpoint slice. Members in the same phase with the same
-batch size and the same encoders frozen train as one *group* (`Member.signature`): the group's steps run over
-the stacked parameters of its members; members of another phase, batch size or frozen state form another group
-in the same epoch. A group's batch size is read from its members (their signature), never from the shared
-configuration. A member whose epoch has fewer steps (a smaller training split) sits out the group's remaining
-steps (no update). Evaluation runs for all members together, whatever their groups.
+clipping norm, homeostasis decisions, divergence and checkpoint slice. Members that take the same kind of step
+(coverage, or structure: the structure and geometry phases) with the same batch size and the same encoders
+frozen train as one *group* (`Member.signature`): the group's steps run over the stacked parameters of its
+members; members of another step kind, batch size or frozen state form another group in the same epoch. A
+group's batch size is read from its members (their signature), never from the shared configuration. A member
+whose epoch has fewer steps (a smaller training split) sits out the group's remaining steps (no update).
+Evaluation runs for all members together, whatever their groups.
 
 An epoch reads: groups -> for each group: inputs -> steps -> (scatter back) -> checks -> evaluation -> rows ->
 homeostasis.
@@ -108,12 +109,15 @@ class Member:
         return self.cfg.coverage.batch_size if self.phase() == "coverage" else self.sampler.batch_size
 
     def signature(self) -> tuple:
-        """What decides the shape and computation of the member's steps: (phase, batch size) and, after the
-        coverage phase, which encoders are frozen. Members with equal signatures share a group."""
+        """What decides the shape and computation of the member's steps: (step kind, batch size) and, after the
+        coverage phase, which encoders are frozen. Members with equal signatures share a group. The step kind is
+        ``"coverage"`` or ``"structure"``: the structure and geometry phases take the same steps (geometry adds
+        the geodesic term and halves the radial weight, both per member), so their members share groups."""
         phase = self.phase()
         if phase == "coverage":
             return (phase, self.batch_size())
-        return (phase, self.batch_size(), self.homeostasis.frozen["encoder_A"], self.homeostasis.frozen["encoder_B"])
+        return ("structure", self.batch_size(), self.homeostasis.frozen["encoder_A"],
+                self.homeostasis.frozen["encoder_B"])
 
 
 class Cohort:
@@ -259,12 +263,13 @@ class Cohort:
                 torch.stack([self.members[k].cache[name][1] for k in idx]))
 
     def _train_group(self, idx: list[int], signature: tuple) -> dict[int, dict[str, Any]]:
-        """Train one epoch of the members ``idx`` that share ``signature`` (`Member.signature`: phase, batch size,
-        frozen encoders); returns each member's sums."""
-        phase, batch_size = signature[:2]
+        """Train one epoch of the members ``idx`` that share ``signature`` (`Member.signature`: step kind, batch
+        size, frozen encoders); returns each member's sums."""
+        kind, batch_size = signature[:2]
         members = [self.members[k] for k in idx]
-        frozen = {"encoder_A": False, "encoder_B": True} if phase == "coverage" else members[0].homeostasis.frozen
-        modules = trainable_modules(phase, frozen)
+        phases = [m.phase() for m in members]
+        frozen = {"encoder_A": False, "encoder_B": True} if kind == "coverage" else members[0].homeostasis.frozen
+        modules = trainable_modules(kind, frozen)
         whole = idx == list(range(len(self.members)))
         flat = self.flat if whole else self.flat[idx]
         adam = self.adam if whole else self.adam.rows(idx)
@@ -279,18 +284,18 @@ class Cohort:
             params[name] = p
         for m in members:   # an encoder that trains this epoch forgets its cached outputs
             for name in ("encoder_A", "encoder_B"):
-                if name in modules or phase == "coverage":
+                if name in modules or kind == "coverage":
                     m.cache.pop(name, None)
-        rates = [module_rates(m.cfg, m.epoch, phase) for m in members]
-        if phase == "coverage":
+        rates = [module_rates(m.cfg, m.epoch, kind) for m in members]
+        if kind == "coverage":
             inp, n_steps = self._coverage_inputs(members, batch_size)
         else:
             cached = {name: self._frozen_outputs(idx, name, params) for name in ("encoder_A", "encoder_B")
                       if frozen[name]}
-            inp, n_steps = self._structure_inputs(members, phase, cached)
-        w = self._weights(members, phase)
+            inp, n_steps = self._structure_inputs(members, phases, cached)
+        w = self._weights(members, phases)
         K = len(idx)
-        sites, rows = self._sites(phase, frozen, inp)
+        sites, rows = self._sites(kind, frozen, inp)
         rnd = StepRandom(sites, rows, K, self.device)
         max_norm = torch.tensor([m.cfg.optim.max_grad_norm for m in members], device=self.device)
         sums = torch.zeros(K, len(TERMS), device=self.device)
@@ -301,10 +306,10 @@ class Cohort:
             act = torch.tensor([float(s < n) for n in n_steps], device=self.device)
             rnd.draw([members[i].gen if s < n_steps[i] else None for i in range(K)])
             step = {name: value[:, s] for name, value in inp["steps"].items()}
-            if phase == "coverage":
+            if kind == "coverage":
                 loss, terms = self._coverage_loss(params, step, inp, w, rnd)
             else:
-                loss, terms = self._structure_loss(params, step, phase, w, rnd)
+                loss, terms = self._structure_loss(params, step, w, rnd)
             rnd.done()
             grad.zero_()
             with warnings.catch_warnings():   # the gradient views are strided across members, by design
@@ -320,7 +325,7 @@ class Cohort:
             self.adam.put_rows(idx, adam)
         sums_l, grad_l = sums.tolist(), grad_sum.tolist()
         return {k: {"terms": [x / n_steps[i] for x in sums_l[i]], "grad_norm": grad_l[i] / n_steps[i],
-                    "lr": rates[i][0], "phase": phase, "modules": modules}
+                    "lr": rates[i][0], "phase": phases[i], "modules": modules}
                 for i, k in enumerate(idx)}
 
     # ------------------------------------------------------------------ inputs (drawn up front, per member)
@@ -362,11 +367,14 @@ class Cohort:
         pull = [m.cfg.coverage.radial_weight * min(1.0, m.epoch / max(1, int(e) // 2)) for m, e in zip(members, e1)]
         return {"steps": self._stack_steps(per, n_steps), "pull": torch.tensor(pull, device=self.device)}, n_steps
 
-    def _structure_inputs(self, members: list[Member], phase: str, cached: dict[str, tuple[torch.Tensor, torch.Tensor]]
-                          ) -> tuple[dict[str, Any], list[int]]:
-        """Every structure (or geometry) step of ``members``: each draws its own batches (S, B) from its sampler;
-        B, and so the numbers of loss pairs min(n_pairs, B(B-1)/2), is the group's batch size."""
+    def _structure_inputs(self, members: list[Member], phases: list[str],
+                          cached: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[str, Any], list[int]]:
+        """Every structure (or geometry) step of ``members`` (their ``phases``): each draws its own batches (S, B)
+        from its sampler; B, and so the numbers of loss pairs min(n_pairs, B(B-1)/2), is the group's batch size.
+        When some members are in the geometry phase, every member has geodesic pairs: a structure-phase member
+        draws none (its random numbers stay its own) and takes fixed pairs whose term its zero weight cancels."""
         L = self.shared.loss
+        geometry = "geometry" in phases
         per, n_steps = [], []
         for i, m in enumerate(members):
             batches = m.sampler.epoch_batches(m.gen)                               # (S, B)
@@ -390,23 +398,29 @@ class Cohort:
                                              "inv_counts1", "present_w", "var_w", "inv_var_orig")})
             d["sep"] = m.sep.expand(S, *m.sep.shape)
             d["sep_valid"] = m.sep_valid.expand(S, *m.sep_valid.shape)
-            if phase == "geometry":
-                gi, gj = self._pairs(m.gen, S, B, min(L.geodesic.n_pairs, B * (B - 1) // 2))
+            n_geo = min(L.geodesic.n_pairs, B * (B - 1) // 2)
+            if phases[i] == "geometry":
+                gi, gj = self._pairs(m.gen, S, B, n_geo)
                 pv = self.pair_valuation[(torch.gather(batches, 1, gi) - torch.gather(batches, 1, gj)).abs()]
                 d["geo_i"], d["geo_j"] = gi, gj
                 d["geo_t"] = m.cfg.loss.geodesic.max_target_distance * torch.exp(-pv.float() / m.cfg.loss.geodesic.valuation_scale)
+            elif geometry:
+                pos = torch.arange(n_geo, device=self.device) % B
+                d["geo_i"], d["geo_j"] = pos.expand(S, n_geo), ((pos + 1) % B).expand(S, n_geo)
+                d["geo_t"] = torch.zeros(S, n_geo, device=self.device)
             for name, (mu, lv) in cached.items():
                 d[f"mu_{name[-1]}"], d[f"lv_{name[-1]}"] = take(mu[i]), take(lv[i])
             per.append(d)
             n_steps.append(S)
         return {"steps": self._stack_steps(per, n_steps)}, n_steps
 
-    def _weights(self, members: list[Member], phase: str) -> dict[str, torch.Tensor]:
-        """Each member's loss scalars as (K,) tensors."""
+    def _weights(self, members: list[Member], phases: list[str]) -> dict[str, torch.Tensor]:
+        """Each member's loss scalars as (K,) tensors; in the geometry phase the radial weight is halved and the
+        geodesic weight applies (zero before)."""
         def col(fn) -> torch.Tensor:
             return torch.tensor([float(fn(m.cfg)) for m in members], device=self.device)
 
-        factor = 0.5 if phase == "geometry" else 1.0
+        geometry = torch.tensor([phase == "geometry" for phase in phases], device=self.device)
         return {
             "recon": col(lambda c: c.coverage.recon_weight), "beta": col(lambda c: c.coverage.beta),
             "free_bits": col(lambda c: c.coverage.free_bits),
@@ -415,20 +429,20 @@ class Cohort:
             "separation": col(lambda c: c.loss.rich.separation_weight),
             "min_richness_ratio": col(lambda c: c.loss.rich.min_richness_ratio),
             "separation_margin": col(lambda c: c.loss.rich.separation_margin),
-            "radial": col(lambda c: c.loss.radial.weight * factor), "margin_weight": col(lambda c: c.loss.radial.margin_weight),
-            "rank": col(lambda c: c.loss.rank.weight), "geodesic": col(lambda c: c.loss.geodesic.weight),
+            "radial": col(lambda c: c.loss.radial.weight) * torch.where(geometry, 0.5, 1.0), "margin_weight": col(lambda c: c.loss.radial.margin_weight),
+            "rank": col(lambda c: c.loss.rank.weight), "geodesic": col(lambda c: c.loss.geodesic.weight) * geometry,
             "zero_valuation": col(lambda c: c.loss.zero.valuation_weight),
             "zero_sparsity": col(lambda c: c.loss.zero.sparsity_weight),
             "zero_target_correlation": col(lambda c: c.loss.zero.target_correlation),
         }
 
-    def _sites(self, phase: str, frozen: dict[str, bool], inp: dict[str, Any]) -> tuple[list[Site], int]:
+    def _sites(self, kind: str, frozen: dict[str, bool], inp: dict[str, Any]) -> tuple[list[Site], int]:
         """The random draws of one step, in the order the step's forward pass takes them."""
         model, d = self.model, self.shared.model.latent_dim
         enc = [Site("mask", w, model.dropout["encoder"]) for w in model.mask_widths("encoder")]
         proj = [Site("mask", w, model.dropout["projection"]) for w in model.mask_widths("projection")]
         noise = [Site("normal", d)]
-        if phase == "coverage":
+        if kind == "coverage":
             dec = [Site("mask", w, model.dropout["decoder"]) for w in model.mask_widths("decoder")]
             return enc + noise + proj + dec, inp["steps"]["idx"].shape[2]
         sites: list[Site] = []
@@ -456,7 +470,7 @@ class Cohort:
         terms = torch.stack([recon, kl, zero, zero, zero, radial, zero, zero, zero], 1)
         return recon + kl + radial, terms
 
-    def _structure_loss(self, params, step, phase, w, rnd: StepRandom) -> tuple[torch.Tensor, torch.Tensor]:
+    def _structure_loss(self, params, step, w, rnd: StepRandom) -> tuple[torch.Tensor, torch.Tensor]:
         model, c = self.model, self.c
         zs = []
         recon = None
@@ -473,7 +487,7 @@ class Cohort:
         z = torch.stack(zs, 1) if len(self.path_weights) == 2 else zs[1].unsqueeze(1)      # (K, P, B, d)
         r = radius(z, c)
         by_radius = losses.radius_terms(r, step, w, self.targets, self.path_weights, self.use_zero)
-        if phase == "geometry":
+        if "geo_i" in step:        # a member of the group is in the geometry phase (the others' weights are 0)
             geo = w["geodesic"] * (losses.geodesic(z, step["geo_t"], step["geo_i"], step["geo_j"], c) * self.path_weights).sum(-1)
         else:
             geo = torch.zeros_like(recon)
