@@ -114,3 +114,11 @@ def fail_trial(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         study._storage.set_trial_user_attr(trial._trial_id, key, value)
     study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+def set_trial_user_attr(study: Any, number: int, key: str, value: Any) -> None:
+    """Set a user attribute of trial ``number`` of ``study`` (asked earlier, maybe by an earlier driver run):
+    ``Study._storage``, ``Study._study_id`` and the storage's number-to-id lookup."""
+    require_tested_versions()
+    storage = study._storage
+    storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study._study_id, number), key, value)

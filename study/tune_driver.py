@@ -32,6 +32,7 @@ from study.member_stopping import MemberStopping
 from study.optuna_store import TUNE_ID_ATTR, fail_orphans, open_storage, record_retried
 from study.statuses import SETTLED, TERMINAL, TrialStatus
 from study.trainable import DIVERGED_KEY, DONE_KEY, PROGRESS_KEY, TrialSettings, make_trainable
+from tvae.cohort.members import pick_cohort
 
 log = logging.getLogger("study")
 # Tune's own per-trial result.json/progress.csv are off (the Parquet rows are the record); its result
@@ -110,13 +111,22 @@ def make_searcher(space: SearchSpace, config: StudyConfig, location: StudyLocati
                        study_name=location.name, storage=storage)
 
 
+# a cohort is picked from this many cohorts' worth of asked trials (`CohortSearch`): 2 lets each cohort choose
+# among twice its size while a trial waits at most about one cohort's run before it trains
+POOL_COHORTS = 2
+
+
 class CohortSearch(Searcher):
-    """The searcher of a study whose Tune trials are cohorts (``--population K``): each Tune trial asks Optuna
-    for up to K trials (its members, until the study's number of trials is reached), and each member is told its
+    """The searcher of a study whose Tune trials are cohorts (``--population K``): each Tune trial gets up to K
+    Optuna trials (its members, until the study's number of trials is reached), and each member is told its
     own result as soon as a Tune result shows it ended: COMPLETE with its metric, PRUNED when the per-member
-    rule stopped it, FAIL (with the reason) when it diverged or its cohort failed. Its state (how many trials
-    were asked, which members were told) is saved with Tune's experiment state; the Optuna trials themselves are
-    in the study's journal."""
+    rule stopped it, FAIL (with the reason) when it diverged or its cohort failed.
+
+    Members are picked from a pool of asked trials (``POOL_COHORTS`` cohorts' worth; `tvae.cohort.members.
+    pick_cohort`): the oldest asked trial, then those with its batch sizes, so that a cohort's members share
+    step groups. The sampler's draws do not change; a trial may wait one cohort in the pool before it trains.
+    The searcher's state (trials asked, the pool, each cohort's members, members told) is saved with Tune's
+    experiment state; the Optuna trials themselves are in the study's journal."""
 
     def __init__(self, space_name: str, location: StudyLocation, trials: int, population: int, seed: int) -> None:
         # no metric for Tune to check: a cohort's result carries each member's value of it under "members"
@@ -124,6 +134,7 @@ class CohortSearch(Searcher):
         self._space_name, self._where = space_name, (location.results, location.name)
         self._trials, self._population, self._seed = trials, population, seed
         self.asked = 0
+        self.pool: list[dict[str, Any]] = []             # asked, in no cohort yet: {"number", "params", "overrides"}
         self.cohorts: dict[str, dict[str, int]] = {}    # Tune trial id -> {member trial id: Optuna number}
         self.told: set[str] = set()
         self._study: optuna.Study | None = None
@@ -136,18 +147,25 @@ class CohortSearch(Searcher):
         return self._study
 
     def suggest(self, trial_id: str) -> dict | None:
-        n = min(self._population, self._trials - self.asked)
-        if n <= 0:
+        study = self._optuna_study()
+        wanted = min(self._population * POOL_COHORTS, len(self.pool) + self._trials - self.asked)
+        if len(self.pool) < wanted:
+            define = SpaceFunction(self._space_name)
+            while len(self.pool) < wanted:
+                ot_trial = study.ask()
+                overrides = define(ot_trial)["overrides"]
+                self.pool.append({"number": ot_trial.number, "params": dict(ot_trial.params), "overrides": overrides})
+                self.asked += 1
+        if not self.pool:
             return Searcher.FINISHED
-        study, define = self._optuna_study(), SpaceFunction(self._space_name)
+        chosen = pick_cohort([m["overrides"] for m in self.pool], self._population)
         members = []
-        for k in range(n):
-            ot_trial = study.ask()
-            overrides = define(ot_trial)["overrides"]
-            ot_trial.set_user_attr(TUNE_ID_ATTR, member_trial_id(trial_id, k))
-            members.append({"trial_id": member_trial_id(trial_id, k), "number": ot_trial.number,
-                            "params": dict(ot_trial.params), "overrides": overrides})
-        self.asked += n
+        for k, i in enumerate(chosen):
+            member = {"trial_id": member_trial_id(trial_id, k), **self.pool[i]}
+            compat.set_trial_user_attr(study, member["number"], TUNE_ID_ATTR, member["trial_id"])
+            members.append(member)
+        taken = set(chosen)
+        self.pool = [m for i, m in enumerate(self.pool) if i not in taken]
         self.cohorts[trial_id] = {m["trial_id"]: m["number"] for m in members}
         return {MEMBERS_KEY: members}
 
@@ -194,7 +212,8 @@ class CohortSearch(Searcher):
         import pickle
 
         with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"asked": self.asked, "cohorts": self.cohorts, "told": sorted(self.told)}, handle)
+            pickle.dump({"asked": self.asked, "pool": self.pool, "cohorts": self.cohorts, "told": sorted(self.told)},
+                        handle)
 
     def restore(self, checkpoint_path: str) -> None:
         import pickle
@@ -202,6 +221,7 @@ class CohortSearch(Searcher):
         with open(checkpoint_path, "rb") as handle:
             state = pickle.load(handle)
         self.asked, self.cohorts, self.told = state["asked"], state["cohorts"], set(state["told"])
+        self.pool = state.get("pool", [])
 
 
 def member_reports(result: dict) -> dict[str, dict[str, Any]]:

@@ -176,3 +176,53 @@ def test_population_is_refused_where_there_is_no_cohort_engine_or_it_is_not_posi
                                 text=True, timeout=120)
         assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------ cohorts from a pool
+def test_pick_cohort_takes_the_oldest_then_its_batch_sizes():
+    from tvae.cohort.members import pick_cohort
+
+    shapes = [(128, 64), (256, 512), (128, 64), (128, 128), (256, 512), (256, 64), (128, 64)]
+    candidates = [{"coverage.batch_size": c, "data.batch_size": s} for c, s in shapes]
+    assert pick_cohort(candidates, 4) == [0, 2, 6, 5]      # the oldest, its shape, then its structure batch
+    assert pick_cohort(candidates[1:], 2) == [0, 3]
+    assert pick_cohort([{}, {}, {}], 2) == [0, 1]           # no batch sizes searched: ask order
+    assert pick_cohort([], 3) == []
+
+
+def test_cohorts_are_picked_from_a_pool_of_asked_trials_and_the_pool_survives_a_restore(tmp_path):
+    """The cohort searcher on a real Optuna journal (`grokking`, whose trials differ in batch sizes): every asked
+    trial trains in exactly one cohort, tagged with its member id; cohorts hold fewer distinct batch sizes than
+    the ask order would give; a searcher restored from its saved state trains the pooled trials, asking none again."""
+    from search_spaces import get as get_space
+    from study.config import StudyConfig
+    from study.tune_driver import CohortSearch, MEMBERS_KEY, make_searcher
+    from tvae.cohort.members import STEP_SHAPE_KEYS
+
+    trials, population = 12, 4
+    config = StudyConfig(space="grokking", name="pool", trials=trials, epochs=60, population=population,
+                         results=str(tmp_path))
+    location = StudyLocation.open(str(tmp_path), "pool")
+    location.makedirs(location.path)
+    space = get_space("grokking")
+    make_searcher(space, config, location)
+    first = CohortSearch("grokking", location, trials, population, config.seed)
+    cohorts = {"a": first.suggest("a")[MEMBERS_KEY]}
+    assert first.asked == 2 * population and len(first.pool) == population
+    first.save(str(tmp_path / "searcher.pkl"))
+    second = CohortSearch("grokking", location, trials, population, config.seed)
+    second.restore(str(tmp_path / "searcher.pkl"))
+    cohorts["b"] = second.suggest("b")[MEMBERS_KEY]
+    cohorts["c"] = second.suggest("c")[MEMBERS_KEY]
+    assert second.suggest("d") == CohortSearch.FINISHED and second.asked == trials
+    numbers = [m["number"] for members in cohorts.values() for m in members]
+    assert sorted(numbers) == list(range(trials)), "each asked trial in exactly one cohort"
+    assert cohorts["a"][0]["number"] == 0 and cohorts["b"][0]["number"] == min(numbers[population:])
+    study = optuna_store.load_study(location)
+    tags = {t.number: t.user_attrs.get("tune_trial_id") for t in study.trials}
+    assert {m["number"]: m["trial_id"] for c in cohorts.values() for m in c} == tags
+    shape = lambda o: tuple(o.get(k) for k in STEP_SHAPE_KEYS)  # noqa: E731
+    by_number = {m["number"]: shape(m["overrides"]) for c in cohorts.values() for m in c}
+    picked = sum(len({shape(m["overrides"]) for m in c}) for c in cohorts.values())
+    in_order = sum(len({by_number[n] for n in range(i, i + population)}) for i in range(0, trials, population))
+    assert picked <= in_order and len(set(by_number.values())) > 1

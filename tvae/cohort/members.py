@@ -5,11 +5,12 @@ targets and which loss terms exist. Everything else a study searches may differ 
 learning rates and their schedule, weight decay, clipping, training fraction and split, both batch sizes
 (`data.batch_size`, `coverage.batch_size`), phase epochs, loss weights, homeostasis and evaluation settings
 (`PER_MEMBER`). Members with different batch sizes train as separate groups of the same epoch
-(`tvae.cohort.engine.Member.signature`): their steps are not stacked together, their evaluation is.
+(`tvae.cohort.engine.Member.signature`): their steps are not stacked together, their evaluation is; so among
+candidate members, `pick_cohort` prefers those with the same batch sizes.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from tvae.configlib import flatten
 from tvae.config import Config
@@ -59,3 +60,19 @@ def group(configs: Iterable[Config]) -> list[list[int]]:
     for i, cfg in enumerate(configs):
         groups.setdefault(shared_part(cfg), []).append(i)
     return list(groups.values())
+
+
+STEP_SHAPE_KEYS = ("coverage.batch_size", "data.batch_size")   # what splits members' steps into groups for good
+
+
+def pick_cohort(candidates: Sequence[Mapping[str, Any]], size: int) -> list[int]:
+    """Which of ``candidates`` (configuration overrides, oldest first) to train as one cohort of up to ``size``:
+    the oldest (so none waits for ever), then those with its batch sizes (`STEP_SHAPE_KEYS`: their steps stack
+    in the same groups), then those with its structure batch size (the coverage phase is short), then the rest;
+    oldest first within each. Returns indices into ``candidates`` in that order."""
+    if not candidates or size < 1:
+        return []
+    shape = lambda o: tuple(o.get(k) for k in STEP_SHAPE_KEYS)  # noqa: E731
+    first = shape(candidates[0])
+    rank = lambda i: (0 if shape(candidates[i]) == first else 1 if shape(candidates[i])[1] == first[1] else 2)  # noqa: E731
+    return sorted(range(len(candidates)), key=lambda i: (rank(i), i))[:size]
