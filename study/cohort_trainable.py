@@ -7,11 +7,12 @@ status. The Tune trial's config is ``{"members": [{"trial_id", "number", "params
 
 Per epoch: train every running member, buffer each member's row, apply the per-member early-stopping rule
 (`study.member_stopping`), and report one Tune result that carries each member's state under ``members``
-(`member_report`). A member that ends (completed, stopped, diverged) writes its buffered rows at once. Every
-``checkpoint_every`` epochs and at the end: every buffered row reaches its member's part file, *then* the
-cohort is saved and registered as a Tune checkpoint. On a start from a checkpoint (or from scratch) each member
-first deletes its own part files that start at or after its checkpointed epoch: the rows of the same
-(trial, epoch) are never written twice, as for single trials (`study.trainable`).
+(`member_report`), with each member's value of the study's metric in the epoch it trained (the driver reports it
+to the member's Optuna trial as an intermediate value). A member that ends (completed, stopped, diverged) writes
+its buffered rows at once. Every ``checkpoint_every`` epochs and at the end: every buffered row reaches its
+member's part file, *then* the cohort is saved and registered as a Tune checkpoint. On a start from a checkpoint
+(or from scratch) each member first deletes its own part files that start at or after its checkpointed epoch: the
+rows of the same (trial, epoch) are never written twice, as for single trials (`study.trainable`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from study.trainable import (DIVERGED_KEY, DONE_KEY, PROGRESS_KEY, STATE_FILE, T
                              _write_marker, restore_latest)
 
 MEMBERS_KEY = "members"          # the Tune trial's config, and the per-member part of each result
+EPOCH_VALUE_KEY = "epoch_value"  # in a member's report: the study's metric of the epoch it trained in that result
 COHORT_SUBDIR = "cohort"
 
 
@@ -75,23 +77,32 @@ def status_of(cohort_member) -> TrialStatus:
             Status.DIVERGED: TrialStatus.DIVERGED, Status.STOPPED: TrialStatus.PRUNED}[cohort_member.status]
 
 
-def member_report(cohort, k: int, ledger: Ledger, settings: TrialSettings) -> dict[str, Any]:
+def member_report(cohort, k: int, ledger: Ledger, settings: TrialSettings,
+                  row: dict[str, Any] | None = None) -> dict[str, Any]:
     """Member k's part of a Tune result: status, epochs done, the metric's last and best value, final numbers,
-    the reason it was stopped or diverged."""
+    the reason it was stopped or diverged; with ``row`` (the epoch it trained in this result), that epoch's value
+    of the metric under `EPOCH_VALUE_KEY` (the driver reports it to Optuna at step ``epochs_done``)."""
     m = cohort.members[k]
     status = status_of(m)
     report: dict[str, Any] = {"status": status.value, "epochs_done": m.epoch,
                               "value": ledger.final[k].get(settings.metric), "best": ledger.best[k],
                               **{f"final_{key}": v for key, v in ledger.final[k].items()}}
+    value = None if row is None else row.get(settings.metric)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        report[EPOCH_VALUE_KEY] = float(value)
     if m.error:
         report["reason"] = m.error if status != TrialStatus.DIVERGED else f"diverged: {m.error}"
     return report
 
 
-def _result(cohort, ids: list[str], ledger: Ledger, settings: TrialSettings) -> dict[str, Any]:
-    """The cohort's Tune result: its progress, whether every member has ended, and each member's report."""
+def _result(cohort, ids: list[str], ledger: Ledger, settings: TrialSettings,
+            rows: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The cohort's Tune result: its progress, whether every member has ended, and each member's report (with
+    ``rows``, {member index: row} of the epoch just trained, the value of that epoch for each member in it)."""
+    rows = rows or {}
     return {PROGRESS_KEY: cohort.epoch, DIVERGED_KEY: 0, DONE_KEY: int(not cohort.active),
-            MEMBERS_KEY: {member_id: member_report(cohort, k, ledger, settings) for k, member_id in enumerate(ids)}}
+            MEMBERS_KEY: {member_id: member_report(cohort, k, ledger, settings, rows.get(k))
+                          for k, member_id in enumerate(ids)}}
 
 
 def _load(directory: Path, settings: TrialSettings):
@@ -160,7 +171,7 @@ def train_cohort(config: dict[str, Any], settings: TrialSettings) -> None:
             if not m.active:
                 flush(k)     # an ended member's rows reach disk now
         done = not cohort.active
-        metrics = _result(cohort, ids, ledger, settings)
+        metrics = _result(cohort, ids, ledger, settings, rows)
         if done or cohort.epoch % settings.checkpoint_every == 0:
             for k in range(len(members)):
                 flush(k)                                          # rows first ...

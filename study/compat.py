@@ -1,11 +1,12 @@
 """Every use of a private Ray Tune or Optuna attribute, in one place, behind a version check.
 
 `study` needs a few things neither library offers publicly: the Optuna trial OptunaSearch keeps for a Tune
-trial, the rung epochs of an ASHA scheduler, the scheduler and callbacks of a restored Tuner, and failing a
-trial that another process left RUNNING. Each accessor below names the private attribute it reads; each was
-checked against the versions in `TESTED`. On any other version `require_tested_versions` (called by
-``study.run`` before it starts anything, and by each accessor) stops with a message saying which versions
-are installed and which are tested; ``TVAE_STUDY_ALLOW_UNTESTED=1`` skips the check at your own risk.
+trial, the rung epochs of an ASHA scheduler, the scheduler and callbacks of a restored Tuner, failing a
+trial that another process left RUNNING, and reporting to a trial that an earlier driver asked. Each accessor
+below names the private attribute it reads; each was checked against the versions in `TESTED`. On any other
+version `require_tested_versions` (called by ``study.run`` before it starts anything, and by each accessor)
+stops with a message saying which versions are installed and which are tested; ``TVAE_STUDY_ALLOW_UNTESTED=1``
+skips the check at your own risk.
 """
 from __future__ import annotations
 
@@ -116,9 +117,17 @@ def fail_trial(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
     study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
-def set_trial_user_attr(study: Any, number: int, key: str, value: Any) -> None:
-    """Set a user attribute of trial ``number`` of ``study`` (asked earlier, maybe by an earlier driver run):
-    ``Study._storage``, ``Study._study_id`` and the storage's number-to-id lookup."""
+def reopen_trial(study: Any, number: int) -> tuple[Any, set[int]] | None:
+    """An `optuna.trial.Trial` (to set user attributes on, report intermediate values to) for the study's trial
+    ``number``, asked earlier by this driver or by one before a restart (`Study.ask`'s object is not kept), and
+    the steps it already has values for; None when the trial is finished: ``Study._storage``,
+    ``Study._study_id`` (trial number -> storage id)."""
+    import optuna
+
     require_tested_versions()
     storage = study._storage
-    storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study._study_id, number), key, value)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    frozen = storage.get_trial(trial_id)
+    if frozen.state.is_finished():
+        return None
+    return optuna.trial.Trial(study, trial_id), set(frozen.intermediate_values)

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any
 
 import optuna
@@ -25,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.base import SearchSpace
 from study import compat, recorder, trials_table
-from study.cohort_trainable import MEMBERS_KEY, member_trial_id
+from study.cohort_trainable import EPOCH_VALUE_KEY, MEMBERS_KEY, member_trial_id
 from study.config import StudyConfig
 from study.layout import StudyLocation
 from study.member_stopping import MemberStopping
@@ -118,9 +119,13 @@ POOL_COHORTS = 2
 
 class CohortSearch(Searcher):
     """The searcher of a study whose Tune trials are cohorts (``--population K``): each Tune trial gets up to K
-    Optuna trials (its members, until the study's number of trials is reached), and each member is told its
-    own result as soon as a Tune result shows it ended: COMPLETE with its metric, PRUNED when the per-member
-    rule stopped it, FAIL (with the reason) when it diverged or its cohort failed.
+    Optuna trials (its members, until the study's number of trials is reached). Each Tune result reports every
+    member that trained an epoch in it as an intermediate value of its Optuna trial (the study's metric of that
+    epoch at step = epochs done, as OptunaSearch reports a single trial at its ``training_iteration``), then
+    tells each member that the result shows ended: COMPLETE with its metric, PRUNED when the per-member rule
+    stopped it (TPE ranks it by its last step and intermediate value), FAIL (with the reason) when it diverged
+    or its cohort failed. A step already reported (a cohort re-running epochs after a restart) and a non-finite
+    value are skipped; a told member gets no more reports.
 
     Members are picked from a pool of asked trials (``POOL_COHORTS`` cohorts' worth; `tvae.cohort.members.
     pick_cohort`): the oldest asked trial, then those with its batch sizes, so that a cohort's members share
@@ -138,6 +143,9 @@ class CohortSearch(Searcher):
         self.cohorts: dict[str, dict[str, int]] = {}    # Tune trial id -> {member trial id: Optuna number}
         self.told: set[str] = set()
         self._study: optuna.Study | None = None
+        # member trial id -> (its live Optuna trial, the steps it has intermediate values for); None: finished.
+        # Not saved: after a restart `compat.reopen_trial` finds them again in the journal.
+        self._live: dict[str, tuple[optuna.Trial, set[int]] | None] = {}
 
     def _optuna_study(self) -> optuna.Study:
         if self._study is None:
@@ -162,7 +170,9 @@ class CohortSearch(Searcher):
         members = []
         for k, i in enumerate(chosen):
             member = {"trial_id": member_trial_id(trial_id, k), **self.pool[i]}
-            compat.set_trial_user_attr(study, member["number"], TUNE_ID_ATTR, member["trial_id"])
+            ot_trial, steps = compat.reopen_trial(study, member["number"])
+            ot_trial.set_user_attr(TUNE_ID_ATTR, member["trial_id"])
+            self._live[member["trial_id"]] = (ot_trial, steps)
             members.append(member)
         taken = set(chosen)
         self.pool = [m for i, m in enumerate(self.pool) if i not in taken]
@@ -170,13 +180,39 @@ class CohortSearch(Searcher):
         return {MEMBERS_KEY: members}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report_epochs(trial_id, result)
         self._tell_ended(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._report_epochs(trial_id, result or {})
         self._tell_ended(trial_id, result or {})
         if error:   # the members the failed cohort left unfinished
             for member_id, number in self.cohorts.get(trial_id, {}).items():
                 self._tell(member_id, number, TrialState.FAIL, None, "its cohort failed (trials.parquet: the trace)")
+
+    def _report_epochs(self, trial_id: str, result: dict) -> None:
+        """Each member's value of the epoch it trained in ``result``, as an Optuna intermediate value."""
+        numbers = self.cohorts.get(trial_id, {})
+        for member_id, report in member_reports(result).items():
+            value, step = report.get(EPOCH_VALUE_KEY), report.get("epochs_done")
+            if (member_id not in numbers or member_id in self.told or isinstance(value, bool)
+                    or not isinstance(value, Real) or not math.isfinite(value)
+                    or not isinstance(step, Integral) or step < 0):
+                continue
+            step = int(step)
+            if member_id not in self._live:   # asked by a driver before a restart
+                self._live[member_id] = compat.reopen_trial(self._optuna_study(), numbers[member_id])
+            live = self._live[member_id]
+            if live is None or step in live[1]:
+                continue
+            ot_trial, steps = live
+            try:
+                ot_trial.report(float(value), step)
+            except optuna.exceptions.UpdateFinishedTrialError as exc:   # finished in the journal meanwhile
+                log.info("Optuna report for %s (trial %d): %s", member_id, numbers[member_id], exc)
+                self._live[member_id] = None
+                continue
+            steps.add(step)
 
     def _tell_ended(self, trial_id: str, result: dict) -> None:
         numbers = self.cohorts.get(trial_id, {})
@@ -207,6 +243,7 @@ class CohortSearch(Searcher):
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError) as exc:
             log.info("Optuna tell for %s (trial %d): %s", member_id, number, exc)   # told before a restart
         self.told.add(member_id)
+        self._live.pop(member_id, None)
 
     def save(self, checkpoint_path: str) -> None:
         import pickle
@@ -222,6 +259,14 @@ class CohortSearch(Searcher):
             state = pickle.load(handle)
         self.asked, self.cohorts, self.told = state["asked"], state["cohorts"], set(state["told"])
         self.pool = state.get("pool", [])
+        self._live = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the live Optuna trials stay in this process (Tune pickles the searcher with the Tuner)
+        return {**self.__dict__, "_live": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_live": {}, **state})
 
 
 def member_reports(result: dict) -> dict[str, dict[str, Any]]:

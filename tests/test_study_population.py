@@ -43,7 +43,19 @@ def _optuna(study_dir: Path) -> dict[str, object]:
     return {t.user_attrs.get("tune_trial_id"): t for t in study.trials}
 
 
-def _assert_complete(study_dir: Path, trials: int, epochs: int, population: int) -> None:
+def _curves(study_dir: Path, metric: str = "train_Q") -> dict[str, dict[int, float]]:
+    """{trial id: {epochs done: the metric of that epoch's row}}: the steps and values Optuna's intermediate
+    values carry (OptunaSearch reports a single trial at its training_iteration, the epochs done)."""
+    table = recorder.read_epochs(_location(study_dir), columns=["trial_id", "epoch", metric])
+    out: dict[str, dict[int, float]] = {}
+    for trial_id, epoch, value in zip(*(table[c].to_pylist() for c in ("trial_id", "epoch", metric))):
+        out.setdefault(trial_id, {})[epoch + 1] = value
+    return out
+
+
+def _assert_complete(study_dir: Path, trials: int, epochs: int, population: int, same_values: bool = True) -> None:
+    """``same_values``: each member's intermediate values are its rows' metric (a cohort re-run after kill -9 may
+    differ in the last bits from what Optuna kept of the first run: then only the steps are compared)."""
     rows = _rows(study_dir)
     assert sum(len(e) for e in rows.values()) == trials * epochs
     assert all(sorted(e) == list(range(epochs)) for e in rows.values()), "each (trial, epoch) exactly once"
@@ -54,9 +66,13 @@ def _assert_complete(study_dir: Path, trials: int, epochs: int, population: int)
     assert len(cohorts) == -(-trials // population), "the members share Ray Tune trials"
     assert {p.name for p in (study_dir / "tune").glob("trial_*")} == {f"trial_{c}" for c in cohorts}
     optuna_trials = _optuna(study_dir)
+    curves = _curves(study_dir)
     for trial_id, row in table.items():
         ot = optuna_trials[trial_id]
         assert ot.state.name == "COMPLETE" and ot.value == pytest.approx(row["final_train_Q"], rel=1e-12)
+        assert sorted(ot.intermediate_values) == list(range(1, epochs + 1)), "one value per epoch it trained"
+        if same_values:
+            assert ot.intermediate_values == pytest.approx(curves[trial_id], rel=1e-12)
     assert len({ot.number for ot in optuna_trials.values()}) == trials
     report = verify.verify(str(study_dir), complete=True)
     assert report.ok, report.text()
@@ -107,7 +123,7 @@ def test_a_study_of_cohorts_killed_with_sigkill_resumes_to_every_row_once(tmp_pa
         assert second.wait(timeout=500) == 0, second.output()[-3000:]
     finally:
         second.kill_group()
-    _assert_complete(study_dir, trials=trials, epochs=epochs, population=4)
+    _assert_complete(study_dir, trials=trials, epochs=epochs, population=4, same_values=False)
     optuna_trials = _optuna(study_dir)
     lost = [t for t in optuna_trials if t not in _trials(study_dir)]
     for trial_id in lost:   # a cohort started after Tune's last snapshot: its members failed, never COMPLETE
@@ -119,7 +135,8 @@ def test_a_study_of_cohorts_killed_with_sigkill_resumes_to_every_row_once(tmp_pa
 def test_members_stop_early_or_diverge_alone_and_optuna_is_told_each(tmp_path):
     """grokking_asha with its grace at epoch 2 (the structure phase from epoch 1), one cohort at a time; one member's parameters become NaN at
     epoch 1 (a real non-finite loss follows): it alone is DIVERGED, members below the rung cutoff are PRUNED
-    after 2 epochs, the rest run all 6."""
+    after 2 epochs, the rest run all 6. Each member's Optuna trial has an intermediate value per epoch it
+    trained: a PRUNED one up to its rung (Optuna's value of a PRUNED trial is its last intermediate value)."""
     studies = Studies(tmp_path)
     try:
         rc, output = studies.run("--space", "smoke", "--trials", "8", "--population", "4", "--epochs", "6",
@@ -130,7 +147,7 @@ def test_members_stop_early_or_diverge_alone_and_optuna_is_told_each(tmp_path):
     finally:
         studies.cleanup()
     study_dir = tmp_path / "s"
-    table, rows, optuna_trials = _trials(study_dir), _rows(study_dir), _optuna(study_dir)
+    table, rows, optuna_trials, curves = _trials(study_dir), _rows(study_dir), _optuna(study_dir), _curves(study_dir)
     statuses = {t: r["status"] for t, r in table.items()}
     assert rc == 0, output[-3000:]
     assert len(table) == 8 and set(statuses.values()) == {"COMPLETED", "PRUNED", "DIVERGED"}, statuses
@@ -138,6 +155,8 @@ def test_members_stop_early_or_diverge_alone_and_optuna_is_told_each(tmp_path):
     assert len(diverged) == 1 and sorted(rows[diverged[0]]) == [0]
     assert "non-finite" in table[diverged[0]]["reason"] or "nan" in table[diverged[0]]["reason"].lower()
     assert optuna_trials[diverged[0]].state.name == "FAIL" and "diverged" in optuna_trials[diverged[0]].user_attrs
+    for trial_id in table:   # steps 1..epochs done, each the metric of that epoch's row; the diverged one: its 1
+        assert optuna_trials[trial_id].intermediate_values == pytest.approx(curves[trial_id], rel=1e-12), trial_id
     rung = {p.stem: json.loads(p.read_text())["value"] for p in (study_dir / RUNGS_DIR / "epoch=2").glob("*.json")}
     for trial_id, status in statuses.items():
         if status == "PRUNED":
@@ -145,9 +164,13 @@ def test_members_stop_early_or_diverge_alone_and_optuna_is_told_each(tmp_path):
             assert "grokking_asha" in table[trial_id]["reason"]
             assert rung[trial_id] < max(v for t, v in rung.items() if t != trial_id)
             assert optuna_trials[trial_id].state.name == "PRUNED"
+            assert sorted(optuna_trials[trial_id].intermediate_values) == [1, 2]
+            assert optuna_trials[trial_id].intermediate_values[2] == pytest.approx(rung[trial_id], rel=1e-12)
+            assert optuna_trials[trial_id].value == pytest.approx(rung[trial_id], rel=1e-12)
         elif status == "COMPLETED":
             assert sorted(rows[trial_id]) == list(range(6))
             assert optuna_trials[trial_id].state.name == "COMPLETE"
+            assert sorted(optuna_trials[trial_id].intermediate_values) == list(range(1, 7))
     assert set(rung) == set(statuses) - set(diverged), "every member that reached the rung recorded its value"
     report = verify.verify(str(study_dir), complete=True)
     assert report.ok, report.text()

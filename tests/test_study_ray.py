@@ -95,6 +95,15 @@ def test_smoke_study_records_one_row_per_trial_and_epoch(smoke_study):
     study_dir, driver, probe = smoke_study
     assert probe["rc"] == 0, driver.output()[-3000:]
     _assert_complete_study(study_dir, trials=6, epochs=5)
+    # OptunaSearch reports each epoch's metric at step = training_iteration = epochs done (1..5); cohort members
+    # are reported the same way (tests/test_study_population.py)
+    location = StudyLocation.open(str(study_dir.parent), study_dir.name)
+    table = recorder.read_epochs(location, columns=["trial_id", "epoch", "train_Q"])
+    curves: dict[str, dict[int, float]] = {}
+    for trial_id, epoch, value in zip(*(table[c].to_pylist() for c in ("trial_id", "epoch", "train_Q"))):
+        curves.setdefault(trial_id, {})[epoch + 1] = value
+    for ot in optuna_store.load_study(location).trials:
+        assert ot.intermediate_values == pytest.approx(curves[ot.user_attrs["tune_trial_id"]], rel=1e-12)
     assert "python -m analysis.report" in driver.output()
     record = json.loads((study_dir / "study.json").read_text())
     assert record["arguments"]["trials"] == 6 and record["schema_version"] == 1 and "ray" in record["versions"]

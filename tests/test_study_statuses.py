@@ -57,7 +57,7 @@ def test_an_untested_library_version_is_refused_with_a_clear_message(monkeypatch
 
 def test_private_ray_and_optuna_attributes_are_read_in_study_compat_only():
     private = re.compile(r"\._(ot_trials|ot_study|completed_trials|brackets|rungs|local_tuner|tune_config|"
-                         r"run_config|storage|trial_id|metric)\b")
+                         r"run_config|storage|study_id|trial_id|metric)\b")
     offenders = []
     for path in sorted((ROOT / "study").glob("*.py")):
         if path.name == "compat.py":
