@@ -10,6 +10,7 @@ are installed and which are tested; ``TVAE_STUDY_ALLOW_UNTESTED=1`` skips the ch
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -114,3 +115,48 @@ def fail_trial(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         study._storage.set_trial_user_attr(trial._trial_id, key, value)
     study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+# ------------------------------------------------------------------------------------------- Tune's stored state
+
+@dataclass(frozen=True)
+class StoredTrial:
+    """One trial as the newest stored Ray Tune experiment snapshot records it."""
+    trial_id: str
+    status: str                   # Tune's status: PENDING, RUNNING, PAUSED, TERMINATED, ERROR
+    trial_dir: str                # the trial's directory name inside the experiment directory
+    checkpoint: str | None        # the name (``checkpoint_00000k``) of its latest registered checkpoint, or None
+
+
+def stored_trials(fs: Any, experiment_dir: str) -> tuple[str | None, list[StoredTrial]]:
+    """The newest experiment snapshot in ``experiment_dir`` (on pyarrow filesystem ``fs``) and its trials; (None, [])
+    when there is none. Reads Tune's private snapshot format the way Tune restores it: the newest
+    ``experiment_state-*.json`` (``TuneController.CKPT_FILE_TMPL``, newest by name), each ``trial_data`` pair
+    through ``Trial.from_json_state(stub=True)`` and ``Trial.restore_run_metadata`` (cloudpickle inside), the
+    latest checkpoint from ``run_metadata.checkpoint_manager.latest_checkpoint_result`` and the trial's
+    directory from ``Trial.storage.trial_dir_name``. Only names are returned: the stored absolute paths are those
+    of the run that wrote the snapshot (a study may have moved since)."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment.trial import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    require_tested_versions()
+    selector = pafs.FileSelector(experiment_dir, allow_not_found=True, recursive=False)
+    names = [i.base_name for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+    matching = fnmatch.filter(names, TuneController.CKPT_FILE_TMPL.format("*"))
+    if not matching:
+        return None, []
+    state_path = f"{experiment_dir.rstrip('/')}/{max(matching)}"
+    with fs.open_input_stream(state_path) as stream:
+        state = _loads_with_cloudpickle(stream.read())
+    trials = []
+    for json_state, run_metadata in state["trial_data"]:
+        trial = Trial.from_json_state(json_state, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+        name = latest.checkpoint.path.rstrip("/").rpartition("/")[2] if latest is not None else None
+        trials.append(StoredTrial(trial.trial_id, str(trial.status), trial.storage.trial_dir_name, name))
+    return state_path, trials
