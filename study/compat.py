@@ -11,6 +11,7 @@ skips the check at your own risk.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
@@ -131,3 +132,48 @@ def reopen_trial(study: Any, number: int) -> tuple[Any, set[int]] | None:
     if frozen.state.is_finished():
         return None
     return optuna.trial.Trial(study, trial_id), set(frozen.intermediate_values)
+
+
+# ------------------------------------------------------------------------------------------- Tune's stored state
+
+@dataclass(frozen=True)
+class StoredTrial:
+    """One trial as the newest stored Ray Tune experiment snapshot records it."""
+    trial_id: str
+    status: str                   # Tune's status: PENDING, RUNNING, PAUSED, TERMINATED, ERROR
+    trial_dir: str                # the trial's directory name inside the experiment directory
+    checkpoint: str | None        # the name (``checkpoint_00000k``) of its latest registered checkpoint, or None
+
+
+def stored_trials(fs: Any, experiment_dir: str) -> tuple[str | None, list[StoredTrial]]:
+    """The newest experiment snapshot in ``experiment_dir`` (on pyarrow filesystem ``fs``) and its trials; (None, [])
+    when there is none. Reads Tune's private snapshot format the way Tune restores it: the newest
+    ``experiment_state-*.json`` (``TuneController.CKPT_FILE_TMPL``, newest by name), each ``trial_data`` pair
+    through ``Trial.from_json_state(stub=True)`` and ``Trial.restore_run_metadata`` (cloudpickle inside), the
+    latest checkpoint from ``run_metadata.checkpoint_manager.latest_checkpoint_result`` and the trial's
+    directory from ``Trial.storage.trial_dir_name``. Only names are returned: the stored absolute paths are those
+    of the run that wrote the snapshot (a study may have moved since)."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment.trial import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    require_tested_versions()
+    selector = pafs.FileSelector(experiment_dir, allow_not_found=True, recursive=False)
+    names = [i.base_name for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+    matching = fnmatch.filter(names, TuneController.CKPT_FILE_TMPL.format("*"))
+    if not matching:
+        return None, []
+    state_path = f"{experiment_dir.rstrip('/')}/{max(matching)}"
+    with fs.open_input_stream(state_path) as stream:
+        state = _loads_with_cloudpickle(stream.read())
+    trials = []
+    for json_state, run_metadata in state["trial_data"]:
+        trial = Trial.from_json_state(json_state, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+        name = latest.checkpoint.path.rstrip("/").rpartition("/")[2] if latest is not None else None
+        trials.append(StoredTrial(trial.trial_id, str(trial.status), trial.storage.trial_dir_name, name))
+    return state_path, trials

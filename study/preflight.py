@@ -10,20 +10,49 @@ removed is kept aside, never deleted; what cannot be rebuilt stops the resume (`
                    state when the study runs (it is a summary, not a source)
   epoch parts      an unreadable part refuses the resume: its rows exist nowhere else
   study.json       unreadable: refused by the caller (it holds the study's arguments)
+  checkpoints      an unfinished trial whose latest checkpoint, as the stored Ray Tune snapshot names it, is
+                   missing from storage (see below): that ``checkpoint_00000k`` is recreated
 
 The same checks run on an object store (`s3://…`): what is set aside there is copied to the same names, and
 the stored journal is rewritten whole. There a missing ``optuna.journal`` beside a stored Ray Tune experiment
 refuses the resume too (the sampler's history would be lost).
+
+Missing checkpoints. Tune prunes a trial's oldest checkpoint (``num_to_keep = 2``) in the step that makes it force
+an experiment snapshot; a driver SIGKILLed between the two leaves a snapshot naming a deleted checkpoint, and
+Tune fails that trial's restore before any of our code runs ("does not exist on storage anymore"). For every
+trial the snapshot does not record as TERMINATED whose named checkpoint is missing, `check_checkpoints`
+recreates the directory under the same name:
+
+  * as a copy of the trial's newest intact checkpoint that is *older* (a lower index) than the missing one,
+    when there is one. The trainable restores from whatever directory it is given, and the epoch it continues
+    from is the one inside the copied state (``run/`` or ``cohort/``; ``trial_state.json`` is not read for it),
+    so the trial continues from the older epoch, and the trainable first deletes its part files from that epoch
+    on (`study.trainable`): each (trial, epoch) row is still written exactly once.
+  * otherwise as a placeholder holding only ``PREFLIGHT-PLACEHOLDER.txt`` (what the race itself leaves: Tune
+    deleted the older checkpoints first, so only *newer* ones, unknown to the snapshot, remain). The trainable
+    finds it unreadable, names it, finds no intact older checkpoint and starts the trial over from epoch 0,
+    deleting all of its part files first (`study.trainable.restore_latest`): the trial's training is lost,
+    its rows are not duplicated.
+
+Newer checkpoint directories than the named one are never used: the snapshot does not know them, and one may be
+left over from an earlier life of the trial (a restart from epoch 0 reuses the indices after the named one) whose
+rows were deleted since. The trainable's own fallback (`study.trainable._checkpoint_chain`) follows the same
+rule. This repair only creates directories under names Tune already records; Tune's private snapshot is read
+(`study.compat.stored_trials`), never rewritten: rewriting it would tie the repair to a private format
+for writing too.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
+import uuid
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from study.layout import OPTUNA_JOURNAL, TRIALS_PARQUET, StudyLocation
+from study.layout import OPTUNA_JOURNAL, TRIALS_PARQUET, StudyLocation, _fsync_dir
 from study.recorder import list_parts, trial_ids
 
 
@@ -122,6 +151,83 @@ def check_epoch_parts(location: StudyLocation) -> list[str]:
     return []
 
 
+PLACEHOLDER = "PREFLIGHT-PLACEHOLDER.txt"
+CHECKPOINT_STATE = "trial_state.json"     # `study.trainable.STATE_FILE` (not imported: that module imports Ray)
+_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)$")
+
+
+def _intact_checkpoint(location: StudyLocation, directory: str) -> bool:
+    """A checkpoint directory the trainable wrote whole enough to try: its state file reads as JSON and it holds
+    more than that file. (A torn one that passes is still caught by the trainable, which then falls back.)"""
+    try:
+        json.loads(location.read_bytes(f"{directory}/{CHECKPOINT_STATE}"))
+    except (OSError, ValueError):
+        return False
+    selector = pafs.FileSelector(directory, allow_not_found=True, recursive=True)
+    return any(i.type == pafs.FileType.File and i.base_name != CHECKPOINT_STATE
+               for i in location.fs.get_file_info(selector))
+
+
+def _copy_checkpoint(location: StudyLocation, source: str, target: str) -> None:
+    """Copy the directory ``source`` to ``target`` (which does not exist). Locally under a temporary name, then
+    renamed: ``target`` appears whole or not at all; on an object store object by object (a torn copy is found
+    unreadable by the trainable, which then falls back as for any damaged checkpoint)."""
+    if location.is_local:
+        parent, _, name = target.rpartition("/")
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}.partial"
+        pafs.copy_files(source, tmp, source_filesystem=location.fs, destination_filesystem=location.fs)
+        os.replace(tmp, target)
+        _fsync_dir(parent)
+    else:
+        pafs.copy_files(source, target, source_filesystem=location.fs, destination_filesystem=location.fs)
+
+
+def check_checkpoints(location: StudyLocation) -> list[str]:
+    """Recreate the missing latest checkpoint of every unfinished trial of the stored Tune experiment (see the
+    module's docstring); return what was done."""
+    from study import compat
+
+    if not location.exists(location.tune_dir):
+        return []
+    try:
+        state_path, trials = compat.stored_trials(location.fs, location.tune_dir)
+    except compat.UntestedVersionError as exc:   # the snapshot is read through private Ray APIs
+        raise PreflightError(str(exc)) from None
+    except Exception as exc:   # a torn or foreign snapshot: Tune's own restore reports it
+        return [f"the Ray Tune snapshot in {location.tune_dir} could not be read to check the trials' checkpoints "
+                f"({type(exc).__name__}: {exc}); not checked (Ray Tune reports it when it restores)"]
+    notes = []
+    for trial in trials:
+        if trial.status == "TERMINATED" or trial.checkpoint is None:
+            continue
+        named = _CHECKPOINT_NAME.match(trial.checkpoint)
+        trial_dir = f"{location.tune_dir}/{trial.trial_dir}"
+        target = f"{trial_dir}/{trial.checkpoint}"
+        if named is None or location.exists(target):
+            continue
+        older = []
+        for directory in location.list_dirs(trial_dir):
+            match = _CHECKPOINT_NAME.match(directory.rpartition("/")[2])
+            if match and int(match.group(1)) < int(named.group(1)):
+                older.append((int(match.group(1)), directory))
+        source = next((d for _, d in sorted(older, reverse=True) if _intact_checkpoint(location, d)), None)
+        what = (f"trial {trial.trial_id} ({trial.status} in {state_path}): its latest registered checkpoint "
+                f"{target} is missing (as when Tune pruned it after that snapshot and the driver was killed "
+                "before the next)")
+        if source is not None:
+            _copy_checkpoint(location, source, target)
+            notes.append(f"{what}: recreated as a copy of its older intact checkpoint {source}; the trial continues "
+                         "from that checkpoint's epoch and rewrites its rows after it")
+        else:
+            location.write_atomic(f"{target}/{PLACEHOLDER}", (
+                f"Created by study.preflight: {what}, and no older intact checkpoint was left. This placeholder "
+                "lets Ray Tune restore the trial; the trainable finds no state here and starts the trial over "
+                "from epoch 0, deleting its part files first.\n").encode())
+            notes.append(f"{what}: no older intact checkpoint left, so it was recreated as a placeholder "
+                         f"({PLACEHOLDER}); the trial starts over from epoch 0 and rewrites its rows")
+    return notes
+
+
 def run(location: StudyLocation) -> list[str]:
     """Check the stored study before a resume; return the repairs made (raise `PreflightError` to refuse)."""
     if not location.is_local:
@@ -129,6 +235,7 @@ def run(location: StudyLocation) -> list[str]:
     check_epoch_parts(location)           # refuse first: nothing is changed when the resume is refused
     notes = check_journal(location.join(OPTUNA_JOURNAL))
     notes += check_trials_table(location.join(TRIALS_PARQUET))
+    notes += check_checkpoints(location)
     return notes
 
 
@@ -169,6 +276,7 @@ def run_remote(location: StudyLocation) -> list[str]:
             location.write_atomic(kept, location.read_bytes(table))
             location.delete_file(table)
             notes.append(f"{table} is unreadable ({exc}): moved to {kept}; it is rebuilt from Ray Tune's state")
+    notes += check_checkpoints(location)
     return notes
 
 
