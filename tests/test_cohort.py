@@ -244,3 +244,17 @@ def test_hand_written_gradients_match_autograd():
     ga = torch.autograd.grad((a * pw).sum(), z)[0]
     gb = torch.autograd.grad((b * pw).sum(), z)[0]
     assert torch.allclose(a, b, rtol=1e-5) and torch.allclose(ga, gb, rtol=1e-4, atol=1e-5)
+
+
+def test_metrics_on_the_device_give_the_host_metrics():
+    """The evaluation's GPU path (every member's metrics on the device, read back in one transfer), run on the CPU:
+    the same rows as the numpy metrics, for members with and without a held-out split."""
+    members = [cfg(seed=0, epochs=6), cfg(seed=1, epochs=6, **{"data.train_fraction": 0.6})]
+    on_host, on_device = Cohort(members), Cohort(members, device_metrics=True)
+    assert not on_host.device_metrics and on_device.device_metrics
+    for _ in range(6):
+        a, b = on_host.train_epoch(), on_device.train_epoch()
+        assert a.keys() == b.keys() == {0, 1}
+        for k in a:
+            assert "heldout_dist_corr" in a[1] and math.isfinite(a[k]["train_dist_corr"])
+            assert_rows_close(numbers(a[k]), numbers(b[k]))

@@ -153,6 +153,31 @@ class _SplitEval:
             dist, padic, metrics_torch.level_mean(moments_B, 0), metrics_torch.level_mean(moments_B, 9)])
 
 
+def packed_device_metrics(evals: Mapping[str, _SplitEval], train_ops: torch.Tensor, mu_B: torch.Tensor,
+                          z_B: torch.Tensor, r_A: torch.Tensor, r_B: torch.Tensor, correct: torch.Tensor,
+                          c: torch.Tensor) -> torch.Tensor:
+    """`host_metrics`' numbers of one model computed on the embeddings' device without a host sync, packed in one
+    float64 tensor (each split's DEVICE_METRICS, then the d x d Gram matrix of the training means); evals built
+    with ``on_device``. `unpack_device_metrics` turns it into the row entries."""
+    train_mu_B = mu_B[train_ops]
+    gram = (train_mu_B.T @ train_mu_B).to(torch.float64).reshape(-1)
+    return torch.cat([ev.device_metrics(r_A, r_B, correct, z_B, c) for ev in evals.values()] + [gram])
+
+
+def unpack_device_metrics(values: np.ndarray, evals: Mapping[str, _SplitEval]) -> dict[str, float]:
+    """The row entries (as `host_metrics` names them) of a `packed_device_metrics` read back to the host."""
+    out: dict[str, float] = {}
+    per_split = len(DEVICE_METRICS)
+    for k, (split, ev) in enumerate(evals.items()):
+        m = dict(zip(DEVICE_METRICS, values[k * per_split:(k + 1) * per_split].tolist()))
+        m["coverage"] /= len(ev.ops)
+        out.update(_split_row(split, m))
+    gram = values[len(evals) * per_split:]
+    d = math.isqrt(len(gram))
+    out["erank_B"] = metrics.effective_rank_from_gram(gram.reshape(d, d))
+    return out
+
+
 def _split_row(split: str, m: dict[str, float]) -> dict[str, float]:
     """A split's DEVICE_METRICS values as row entries ``<split>_<metric>``, with Q derived from them."""
     m = m | {"Q": metrics.q_value(m["dist_corr"], m["hierarchy_B"])}
@@ -713,9 +738,7 @@ class TernaryRun:
         def metrics_fn(frozen_mu: dict[str, torch.Tensor]) -> tuple[torch.Tensor]:
             c = self.model.curvature()
             mu_B, z_B, r_A, r_B, correct = self._embed_all(phase, c, frozen_mu)
-            train_mu_B = mu_B[self.train_ops]
-            gram = (train_mu_B.T @ train_mu_B).to(torch.float64).reshape(-1)
-            return (torch.cat([ev.device_metrics(r_A, r_B, correct, z_B, c) for ev in self.evals.values()] + [gram]),)
+            return (packed_device_metrics(self.evals, self.train_ops, mu_B, z_B, r_A, r_B, correct, c),)
 
         frozen_mu = self._frozen_mu(phase)
         if self.graphs is None:
@@ -723,16 +746,7 @@ class TernaryRun:
         else:
             key = ("evaluation", phase, tuple(sorted(frozen_mu)))
             packed, = self.graphs.run(key, metrics_fn, frozen_mu)
-        values = packed.cpu().numpy()
-        out: dict[str, float] = {}
-        per_split = len(DEVICE_METRICS)
-        for k, (split, ev) in enumerate(self.evals.items()):
-            m = dict(zip(DEVICE_METRICS, values[k * per_split:(k + 1) * per_split].tolist()))
-            m["coverage"] /= len(ev.ops)
-            out.update(_split_row(split, m))
-        d = self.cfg.model.latent_dim
-        out["erank_B"] = metrics.effective_rank_from_gram(values[len(self.evals) * per_split:].reshape(d, d))
-        return out
+        return unpack_device_metrics(packed.cpu().numpy(), self.evals)
 
     def _evaluate_on_host(self, phase: str) -> dict[str, float]:
         """CPU: the embeddings in torch, the metrics in numpy (`host_metrics`)."""

@@ -38,7 +38,8 @@ from tvae.geometry import radius
 from tvae.homeostasis import Homeostasis
 from tvae.losses import level_targets
 from tvae.schedules import cosine, lr_factor
-from tvae.trainer import TERMS, _SplitEval, host_metrics, phase_of, summary_of, update_bests
+from tvae.trainer import (TERMS, _SplitEval, host_metrics, packed_device_metrics, phase_of, summary_of,
+                          unpack_device_metrics, update_bests)
 
 COHORT_VERSION = 1
 CHECKPOINT_FILE = "cohort.pt"
@@ -124,7 +125,7 @@ class Cohort:
     """K members trained together. ``train_epoch()`` trains every active member's next epoch and returns
     {member index: row}; a member that diverged this epoch has no row (its ``status`` and ``error`` say why)."""
 
-    def __init__(self, configs: Sequence[Config], device: str = "cpu"):
+    def __init__(self, configs: Sequence[Config], device: str = "cpu", device_metrics: bool | None = None):
         configs = list(configs)
         check_compatible(configs)
         for cfg in configs:
@@ -134,6 +135,9 @@ class Cohort:
         self.device = dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
+        # the metrics on the embeddings' device (`tvae.trainer.packed_device_metrics`, default on a GPU: the host
+        # would spend tens of milliseconds per member sorting) or in numpy on the host (`host_metrics`)
+        self.device_metrics = dev.type == "cuda" if device_metrics is None else bool(device_metrics)
         cfg = configs[0]
         self.shared = cfg       # the members' shared keys are read from here (batch sizes are per member: not here)
         self.layout = Layout(cfg.model)
@@ -165,9 +169,9 @@ class Cohort:
         split = data.make_split(cfg.data)
         sampler = data.StratifiedSampler(split.train, cfg.data.batch_size, cfg.data.high_v_budget_ratio,
                                          cfg.data.high_v_min_level).to(dev)
-        evals = {"train": _SplitEval(split.train, self.v_np, cfg, 1, dev, False)}
+        evals = {"train": _SplitEval(split.train, self.v_np, cfg, 1, dev, self.device_metrics)}
         if len(split.heldout):
-            evals["heldout"] = _SplitEval(split.heldout, self.v_np, cfg, 2, dev, False)
+            evals["heldout"] = _SplitEval(split.heldout, self.v_np, cfg, 2, dev, self.device_metrics)
         present = (sampler.draws_per_level > 0).nonzero().flatten()
         lo, hi = present[:-1], present[1:]
         eye = torch.eye(data.N_LEVELS)
@@ -552,6 +556,16 @@ class Cohort:
                         frozen_mu[name[-1]] = torch.stack([self.members[k].cache[name][0] for k in part])
                 mu_B, z_B, r_A, r_B, correct = embed_all(self.model, params, self.trits, self.classes, coverage,
                                                          self.c, frozen_mu)
+                if self.device_metrics:     # every member's numbers on the device, read back in one transfer
+                    packed = [packed_device_metrics(self.members[k].evals, self.members[k].train_ops, mu_B[i],
+                                                    z_B[i], r_A[i], r_B[i], correct[i], self.c)
+                              for i, k in enumerate(part)]
+                    values = torch.cat(packed).cpu().numpy()
+                    start = 0
+                    for k, p in zip(part, packed):
+                        out[k] = unpack_device_metrics(values[start:start + len(p)], self.members[k].evals)
+                        start += len(p)
+                    continue
                 for i, k in enumerate(part):
                     m = self.members[k]
                     out[k] = host_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i], self.c)
