@@ -42,7 +42,7 @@ class StudyConfig:
     dashboard_port: int | None = None
     # study trials per Tune trial, trained as one cohort; 1 (the default on every device): a trial per process.
     # On a CPU a cohort gains about 1.1-1.3x per core (docs/benchmarks.md); on a GPU the cohort step has no CUDA
-    # graph and its metrics run on the host per member, so no default above 1 is measured anywhere yet
+    # graph and no cohort has been measured there, so no default above 1 is measured to win anywhere yet
     population: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
