@@ -1,8 +1,9 @@
 """Every use of a private Ray Tune or Optuna attribute, in one place, behind a version check.
 
 `study` needs a few things neither library offers publicly: the Optuna trial OptunaSearch keeps for a Tune
-trial, the rung epochs of an ASHA scheduler, the scheduler and callbacks of a restored Tuner, failing a
-trial that another process left RUNNING, and reporting to a trial that an earlier driver asked. Each accessor
+trial, the rung epochs of an ASHA scheduler, the scheduler, searcher and callbacks of a restored Tuner, pointing
+a restored OptunaSearch at a moved study's storage, failing a trial that another process left RUNNING, and
+reporting to a trial that an earlier driver asked. Each accessor
 below names the private attribute it reads; each was checked against the versions in `TESTED`. On any other
 version `require_tested_versions` (called by ``study.run`` before it starts anything, and by each accessor)
 stops with a message saying which versions are installed and which are tested; ``TVAE_STUDY_ALLOW_UNTESTED=1``
@@ -78,6 +79,26 @@ def searcher_study(search: Any) -> Any:
     return search._ot_study
 
 
+def repoint_optuna_search(search: Any, storage: Any) -> None:
+    """Make an OptunaSearch ask and tell the Optuna study of the same name in ``storage`` (a study directory
+    moved or copied since the searcher was pickled with the storage it had then): ``OptunaSearch._storage``,
+    ``OptunaSearch._ot_study`` (a new `optuna.Study` that keeps the old one's sampler and pruner objects, so TPE's
+    seed and random state go on) and, for each trial of ``OptunaSearch._ot_trials``, ``Trial.study`` and
+    ``Trial.storage`` (the trials keep their storage ids ``Trial._trial_id``: a copied journal replays to the
+    same ids)."""
+    import optuna
+
+    require_tested_versions()
+    search._storage = storage
+    old = search._ot_study
+    if old is None:   # not set up yet: `OptunaSearch._setup_study` will open ``_storage``
+        return
+    study = optuna.load_study(study_name=old.study_name, storage=storage, sampler=old.sampler, pruner=old.pruner)
+    search._ot_study = study
+    for trial in search._ot_trials.values():
+        trial.study, trial.storage = study, study._storage
+
+
 # ------------------------------------------------------------------------------------------- schedulers, Tuner
 
 def asha_metric(scheduler: Any) -> str:
@@ -96,6 +117,16 @@ def restored_scheduler(tuner: Any) -> Any:
     """The scheduler a restored Tuner runs with (``Tuner._local_tuner._tune_config.scheduler``)."""
     require_tested_versions()
     return tuner._local_tuner._tune_config.scheduler
+
+
+def restored_searcher(tuner: Any) -> Any:
+    """The searcher a restored Tuner runs with (``Tuner._local_tuner._tune_config.search_alg``), without the
+    wrappers Tune may put around it (their ``searcher``)."""
+    require_tested_versions()
+    search = tuner._local_tuner._tune_config.search_alg
+    while hasattr(search, "searcher"):
+        search = search.searcher
+    return search
 
 
 def set_restored_callbacks(tuner: Any, callbacks: list[Any]) -> None:

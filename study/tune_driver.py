@@ -87,6 +87,22 @@ class StudySearch(OptunaSearch):
             log.warning("Optuna tell for %s: %s", trial_id, exc)
         completed.add(trial_id)
 
+    def relocate(self, location: StudyLocation) -> None:
+        """Ask and tell the Optuna study in ``location``'s journal from now on. Tune pickles this searcher with
+        the storage of the study directory it ran in; a study directory moved or copied since must not go on
+        with that one (the copy's trials would stay RUNNING, the original's journal would be written). The
+        sampler, and so TPE's seed and random state, is kept (`compat.repoint_optuna_search`)."""
+        self._where = (location.results, location.name)
+        compat.repoint_optuna_search(self, open_storage(location))
+
+    def restore(self, checkpoint_path: str) -> None:
+        # Tune restores the searcher's saved state (OptunaSearch pickles its storage and study with it) into
+        # the restored searcher after `build_tuner` relocated it: keep the location it was given
+        where = getattr(self, "_where", None)
+        super().restore(checkpoint_path)
+        if where is not None:
+            self.relocate(StudyLocation.open(*where))
+
 
 class SpaceFunction:
     """The define-by-run function handed to OptunaSearch: picklable (it is saved with the searcher's state),
@@ -153,6 +169,15 @@ class CohortSearch(Searcher):
             self._study = optuna.load_study(study_name=location.name, storage=open_storage(location),
                                             sampler=optuna.samplers.TPESampler(seed=self._seed))
         return self._study
+
+    def relocate(self, location: StudyLocation) -> None:
+        """Ask and tell the Optuna study in ``location``'s journal from now on (Tune pickles this searcher with
+        the study directory it ran in, which may have been moved or copied since). An Optuna study already
+        loaded keeps its sampler (TPE's random state)."""
+        sampler = self._study.sampler if self._study is not None else None
+        self._where, self._study, self._live = (location.results, location.name), None, {}
+        if sampler is not None:
+            self._study = optuna.load_study(study_name=location.name, storage=open_storage(location), sampler=sampler)
 
     def suggest(self, trial_id: str) -> dict | None:
         study = self._optuna_study()
@@ -533,6 +558,8 @@ def build_tuner(space: SearchSpace, config: StudyConfig, location: StudyLocation
         tuner = tune.Tuner.restore(location.tune_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=location.fs)
         scheduler = compat.restored_scheduler(tuner)  # restored with the experiment
+        # the searcher was pickled naming the storage of the directory it ran in: the study may have moved since
+        compat.restored_searcher(tuner).relocate(location)
         callback.scheduler = scheduler
         compat.set_restored_callbacks(tuner, [callback])
         return tuner, callback
