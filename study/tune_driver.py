@@ -153,7 +153,8 @@ class CohortSearch(Searcher):
         # no metric for Tune to check: a cohort's result carries each member's value of it under "members"
         super().__init__()
         self._space_name, self._where = space_name, (location.results, location.name)
-        self._trials, self._population, self._seed = trials, population, seed
+        self._trials, self._population = trials, population
+        self._sampler = optuna.samplers.TPESampler(seed=seed)   # saved with the searcher's state
         self.asked = 0
         self.pool: list[dict[str, Any]] = []             # asked, in no cohort yet: {"number", "params", "overrides"}
         self.cohorts: dict[str, dict[str, int]] = {}    # Tune trial id -> {member trial id: Optuna number}
@@ -167,17 +168,14 @@ class CohortSearch(Searcher):
         if self._study is None:
             location = StudyLocation.open(*self._where)
             self._study = optuna.load_study(study_name=location.name, storage=open_storage(location),
-                                            sampler=optuna.samplers.TPESampler(seed=self._seed))
+                                            sampler=self._sampler)
         return self._study
 
     def relocate(self, location: StudyLocation) -> None:
         """Ask and tell the Optuna study in ``location``'s journal from now on (Tune pickles this searcher with
-        the study directory it ran in, which may have been moved or copied since). An Optuna study already
-        loaded keeps its sampler (TPE's random state)."""
-        sampler = self._study.sampler if self._study is not None else None
+        the study directory it ran in, which may have been moved or copied since). The sampler (TPE's random
+        state) is kept."""
         self._where, self._study, self._live = (location.results, location.name), None, {}
-        if sampler is not None:
-            self._study = optuna.load_study(study_name=location.name, storage=open_storage(location), sampler=sampler)
 
     def suggest(self, trial_id: str) -> dict | None:
         study = self._optuna_study()
@@ -274,8 +272,8 @@ class CohortSearch(Searcher):
         import pickle
 
         with open(checkpoint_path, "wb") as handle:
-            pickle.dump({"asked": self.asked, "pool": self.pool, "cohorts": self.cohorts, "told": sorted(self.told)},
-                        handle)
+            pickle.dump({"asked": self.asked, "pool": self.pool, "cohorts": self.cohorts, "told": sorted(self.told),
+                         "sampler": self._sampler}, handle)
 
     def restore(self, checkpoint_path: str) -> None:
         import pickle
@@ -284,7 +282,10 @@ class CohortSearch(Searcher):
             state = pickle.load(handle)
         self.asked, self.cohorts, self.told = state["asked"], state["cohorts"], set(state["told"])
         self.pool = state.get("pool", [])
-        self._live = {}
+        # the sampler continues its random state: a fresh one from the seed would draw the study's first
+        # trials' parameters again
+        self._sampler = state.get("sampler", self._sampler)
+        self._study, self._live = None, {}
 
     def __getstate__(self) -> dict[str, Any]:
         # the live Optuna trials stay in this process (Tune pickles the searcher with the Tuner)

@@ -249,3 +249,31 @@ def test_cohorts_are_picked_from_a_pool_of_asked_trials_and_the_pool_survives_a_
     picked = sum(len({shape(m["overrides"]) for m in c}) for c in cohorts.values())
     in_order = sum(len({by_number[n] for n in range(i, i + population)}) for i in range(0, trials, population))
     assert picked <= in_order and len(set(by_number.values())) > 1
+
+
+def test_a_restored_cohort_searcher_continues_its_sampler_instead_of_drawing_the_first_trials_again(tmp_path):
+    """Two studies of the same seed, one searcher uninterrupted, the other saved and restored after its first
+    cohort: the restored one draws what the uninterrupted one draws next (a sampler re-seeded on restore would
+    repeat the study's first parameters)."""
+    from search_spaces import get as get_space
+    from study.config import StudyConfig
+    from study.tune_driver import CohortSearch, MEMBERS_KEY, make_searcher
+
+    def searcher(name):
+        config = StudyConfig(space="grokking", name=name, trials=8, epochs=60, population=2, results=str(tmp_path))
+        location = StudyLocation.open(str(tmp_path), name)
+        location.makedirs(location.path)
+        make_searcher(get_space("grokking"), config, location)
+        return CohortSearch("grokking", location, 8, 2, config.seed), location
+
+    straight, _ = searcher("straight")
+    interrupted, location = searcher("interrupted")
+    params = lambda members: [m["params"] for m in members]  # noqa: E731
+    assert params(straight.suggest("a")[MEMBERS_KEY]) == params(interrupted.suggest("a")[MEMBERS_KEY])
+    interrupted.save(str(tmp_path / "searcher.pkl"))
+    restored = CohortSearch("grokking", location, 8, 2, 0)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    for cohort in ("b", "c"):        # "c" needs new asks: the pool held two cohorts' worth after "a"
+        assert params(restored.suggest(cohort)[MEMBERS_KEY]) == params(straight.suggest(cohort)[MEMBERS_KEY])
+    drawn = [json.dumps(t.params, sort_keys=True) for t in optuna_store.load_study(location).trials]
+    assert len(drawn) == 8 and len(set(drawn)) == 8, "no parameters drawn twice"
