@@ -152,8 +152,11 @@ class StackedTernaryVAE:
                 x = self.linear(x, params[f"{prefix}.{i}.weight"], params[f"{prefix}.{i}.bias"])
                 width = w
             elif kind == "layernorm":
-                x = F.layer_norm(x, (w,))
-                x = torch.addcmul(params[f"{prefix}.{i}.bias"].unsqueeze(1), x, params[f"{prefix}.{i}.weight"].unsqueeze(1))
+                scale, shift = params[f"{prefix}.{i}.weight"], params[f"{prefix}.{i}.bias"]
+                if x.shape[0] == 1:     # one member: torch's fused affine, as the single run's nn.LayerNorm
+                    x = F.layer_norm(x, (w,), scale[0], shift[0])
+                else:
+                    x = torch.addcmul(shift.unsqueeze(1), F.layer_norm(x, (w,)), scale.unsqueeze(1))
             elif kind == "silu":
                 x = F.silu(x)
             elif kind == "relu":
