@@ -106,3 +106,16 @@ def test_two_streams_train_like_one(graphs):
         assert two["phase"] == one["phase"]
         for key in ("loss", "grad_norm", "weight_norm", "train_hierarchy_B", "train_coverage", "train_dist_corr"):
             assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-4), (two["epoch"], key)
+
+
+def test_population_bench_reports_gpu_memory_per_member():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-m", "tvae.bench", "--device", "cuda", "--preset", "tiny", "--epochs", "2",
+                        "--population", "1,4"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.strip().splitlines()[-2:]]
+    assert all(x["device"] == "cuda" and x["epoch_gpu_mib_per_member"] > 0 for x in lines)

@@ -12,7 +12,10 @@ medians, then one JSON line with ``train_epoch_s``, ``eval_s``, ``epoch_s``, ``d
 cohort, on the same schedule. With several K (and ``--single``, the single-run trainer as well) the
 candidates train side by side, one epoch of each in turn, so that a loaded machine slows them alike. Each prints
 a JSON line with ``population``, ``epoch_s`` (one cohort epoch, training + evaluation, median) and
-``trial_epochs_s`` (= K / epoch_s), and the process CPU seconds of the same.
+``trial_epochs_s`` (= K / epoch_s), and the process CPU seconds of the same; on a GPU also
+``epoch_gpu_mib_per_member``: the most GPU memory one of its epochs allocated beyond what was allocated before
+it (activations, inputs, gradients, evaluation blocks), divided by K; the parameters and Adam state of one member
+take 4 × 3 bytes per parameter on top.
 
 ``--whole-run`` times every epoch of the preset's own schedule instead (``--epochs`` in all, default the
 preset's; coverage included): what a study's trial costs, with the homeostasis freezes and the late epochs
@@ -137,12 +140,20 @@ def _population(args, sizes: list[int]) -> int:
     except (config_mod.ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    cuda = args.device == "cuda"
     for _, _, engine in candidates:
         engine.train_epoch()                            # coverage epoch: warm-up, not timed
     times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in candidates}
+    peak: dict[str, int] = {name: 0 for name, _, _ in candidates}   # GPU bytes an epoch adds to what was allocated
     for _ in range(epochs):
         for name, _, engine in candidates:              # side by side: one epoch of each in turn
+            if cuda:
+                torch.cuda.synchronize()
+                before = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
             engine.train_epoch()
+            if cuda:
+                peak[name] = max(peak[name], torch.cuda.max_memory_allocated() - before)
             t = engine.timings
             times[name].append((t["train_s"] + t["eval_s"], t["train_cpu_s"] + t["eval_cpu_s"]))
     med = statistics.median
@@ -156,7 +167,8 @@ def _population(args, sizes: list[int]) -> int:
         lines.append({"engine": "single" if name == "single run" else "cohort", "population": k,
                       "epoch_s": round(wall, 5), "trial_epochs_s": round(k / wall, 4),
                       "cpu_epoch_s": round(cpu, 5), "cpu_trial_epochs_s": round(k / cpu, 4),
-                      "device": args.device, "threads": args.threads})
+                      "device": args.device, "threads": args.threads}
+                     | ({"epoch_gpu_mib_per_member": round(peak[name] / k / 2 ** 20, 2)} if cuda else {}))
     for line in lines:
         print(json.dumps(line))
     return 0
