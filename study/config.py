@@ -41,9 +41,9 @@ class StudyConfig:
     threads_per_trial: int = 1
     dashboard_port: int | None = None
     # study trials per Tune trial, trained as one cohort; 1 (the default on every device): a trial per process.
-    # On a CPU a cohort of a `grokking` study gains about 1.04x per core (its trials' batch sizes split the cohort's
-    # steps; docs/benchmarks.md); on a GPU the cohort step has no CUDA graph and no cohort has been measured there,
-    # so no default above 1 is measured to win anywhere yet
+    # On a CPU cohorts of 8 make a 32-trial `grokking` study 1.19-1.27x faster but an 8-trial one only 1.04x, and a
+    # study smaller than population x concurrency leaves cores idle (docs/cohorts.md); on a GPU no cohort has been
+    # measured yet. So cohorts are asked for (--population), not the default
     population: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -199,7 +199,7 @@ class StudyLocation:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
-            _fsync_dir(directory)
+            fsync_dir(directory)
         else:  # object stores: a single PUT is already atomic; move where the filesystem supports it
             with self.fs.open_output_stream(tmp) as stream:
                 stream.write(data)
@@ -213,7 +213,7 @@ class StudyLocation:
     def delete_file(self, path: str) -> None:
         self.fs.delete_file(path)
         if self.is_local:
-            _fsync_dir(path.rpartition("/")[0])
+            fsync_dir(path.rpartition("/")[0])
 
     def read_json(self, path: str) -> dict[str, Any]:
         try:
@@ -227,7 +227,8 @@ class StudyLocation:
         self.write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """Make a rename or a new file in local ``directory`` durable (best effort: skipped where it cannot open it)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

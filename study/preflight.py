@@ -52,7 +52,7 @@ import uuid
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from study.layout import OPTUNA_JOURNAL, TRIALS_PARQUET, StudyLocation, _fsync_dir
+from study.layout import OPTUNA_JOURNAL, TRIALS_PARQUET, StudyLocation, fsync_dir
 from study.recorder import list_parts, trial_ids
 
 
@@ -177,7 +177,7 @@ def _copy_checkpoint(location: StudyLocation, source: str, target: str) -> None:
         tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}.partial"
         pafs.copy_files(source, tmp, source_filesystem=location.fs, destination_filesystem=location.fs)
         os.replace(tmp, target)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     else:
         pafs.copy_files(source, target, source_filesystem=location.fs, destination_filesystem=location.fs)
 
