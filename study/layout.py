@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import uuid
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ OPTUNA_JOURNAL = "optuna.journal"
 TUNE_DIR = "tune"
 ATTEMPTS_DIR = "attempts"
 SCHEMA_VERSION = 1
+CHECKPOINT_STATE_FILE = "trial_state.json"    # in each Tune checkpoint of a trial: the trainable's own state
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
 
 
 def is_uri(text: str) -> bool:
@@ -239,3 +242,19 @@ def fsync_dir(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def checkpoint_index(name: str) -> int | None:
+    """k of a Tune checkpoint directory named ``checkpoint_<k>`` (zero-padded), else None."""
+    match = _CHECKPOINT_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
+def older_checkpoints(fs: pafs.FileSystem, trial_dir: str, index: int) -> list[str]:
+    """The checkpoint directories of ``trial_dir`` (on ``fs``) with a lower index than ``index``, newest first."""
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True, recursive=False)):
+        k = checkpoint_index(info.base_name)
+        if info.type == pafs.FileType.Directory and k is not None and k < index:
+            found.append((k, info.path))
+    return [path for _k, path in sorted(found, reverse=True)]

@@ -45,14 +45,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import uuid
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from study.layout import OPTUNA_JOURNAL, TRIALS_PARQUET, StudyLocation, fsync_dir
+from study.layout import (CHECKPOINT_STATE_FILE, OPTUNA_JOURNAL, TRIALS_PARQUET, StudyLocation, checkpoint_index,
+                          fsync_dir, older_checkpoints)
 from study.recorder import list_parts, trial_ids
 
 
@@ -152,19 +152,17 @@ def check_epoch_parts(location: StudyLocation) -> list[str]:
 
 
 PLACEHOLDER = "PREFLIGHT-PLACEHOLDER.txt"
-CHECKPOINT_STATE = "trial_state.json"     # `study.trainable.STATE_FILE` (not imported: that module imports Ray)
-_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)$")
 
 
 def _intact_checkpoint(location: StudyLocation, directory: str) -> bool:
     """A checkpoint directory the trainable wrote whole enough to try: its state file reads as JSON and it holds
     more than that file. (A torn one that passes is still caught by the trainable, which then falls back.)"""
     try:
-        json.loads(location.read_bytes(f"{directory}/{CHECKPOINT_STATE}"))
+        json.loads(location.read_bytes(f"{directory}/{CHECKPOINT_STATE_FILE}"))
     except (OSError, ValueError):
         return False
     selector = pafs.FileSelector(directory, allow_not_found=True, recursive=True)
-    return any(i.type == pafs.FileType.File and i.base_name != CHECKPOINT_STATE
+    return any(i.type == pafs.FileType.File and i.base_name != CHECKPOINT_STATE_FILE
                for i in location.fs.get_file_info(selector))
 
 
@@ -200,17 +198,13 @@ def check_checkpoints(location: StudyLocation) -> list[str]:
     for trial in trials:
         if trial.status == "TERMINATED" or trial.checkpoint is None:
             continue
-        named = _CHECKPOINT_NAME.match(trial.checkpoint)
+        named = checkpoint_index(trial.checkpoint)
         trial_dir = f"{location.tune_dir}/{trial.trial_dir}"
         target = f"{trial_dir}/{trial.checkpoint}"
         if named is None or location.exists(target):
             continue
-        older = []
-        for directory in location.list_dirs(trial_dir):
-            match = _CHECKPOINT_NAME.match(directory.rpartition("/")[2])
-            if match and int(match.group(1)) < int(named.group(1)):
-                older.append((int(match.group(1)), directory))
-        source = next((d for _, d in sorted(older, reverse=True) if _intact_checkpoint(location, d)), None)
+        source = next((d for d in older_checkpoints(location.fs, trial_dir, named) if _intact_checkpoint(location, d)),
+                      None)
         what = (f"trial {trial.trial_id} ({trial.status} in {state_path}): its latest registered checkpoint "
                 f"{target} is missing (as when Tune pruned it after that snapshot and the driver was killed "
                 "before the next)")

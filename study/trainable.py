@@ -23,10 +23,9 @@ from typing import Any
 from ray import tune
 
 from study import faults, recorder
-from study.layout import StudyLocation
+from study.layout import CHECKPOINT_STATE_FILE as STATE_FILE, StudyLocation, checkpoint_index, older_checkpoints
 
 RUN_SUBDIR = "run"
-STATE_FILE = "trial_state.json"
 DONE_KEY = "trial_complete"      # 1 on the last report of a trial that ran all its epochs (or diverged)
 DIVERGED_KEY = "diverged"
 PROGRESS_KEY = "epochs_done"     # the scheduler's time attribute
@@ -85,24 +84,12 @@ def _write_marker(location: StudyLocation, trial_id: str, attempt: int, info: di
 
 def _checkpoint_chain(checkpoint) -> list:
     """The trial's latest checkpoint, then its older ones still stored (newest first)."""
-    import re
-
-    import pyarrow.fs as pafs
-
-    chain = [checkpoint]
     parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
-    pattern = re.compile(r"checkpoint_(\d+)$")
-    current = pattern.match(name)
-    if not current:
-        return chain
-    selector = pafs.FileSelector(parent, allow_not_found=True)
-    older = []
-    for info in checkpoint.filesystem.get_file_info(selector):
-        match = pattern.match(info.base_name)
-        if info.type == pafs.FileType.Directory and match and int(match.group(1)) < int(current.group(1)):
-            older.append((int(match.group(1)), info.path))
-    chain += [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for _n, path in sorted(older, reverse=True)]
-    return chain
+    current = checkpoint_index(name)
+    if current is None:
+        return [checkpoint]
+    return [checkpoint] + [tune.Checkpoint(path, filesystem=checkpoint.filesystem)
+                           for path in older_checkpoints(checkpoint.filesystem, parent, current)]
 
 
 def _restore(settings: TrialSettings, checkpoint) -> tuple[Any, str | None, list[str]]:

@@ -13,7 +13,6 @@ import os
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any
 
 import optuna
@@ -217,12 +216,10 @@ class CohortSearch(Searcher):
         """Each member's value of the epoch it trained in ``result``, as an Optuna intermediate value."""
         numbers = self.cohorts.get(trial_id, {})
         for member_id, report in member_reports(result).items():
-            value, step = report.get(EPOCH_VALUE_KEY), report.get("epochs_done")
-            if (member_id not in numbers or member_id in self.told or isinstance(value, bool)
-                    or not isinstance(value, Real) or not math.isfinite(value)
-                    or not isinstance(step, Integral) or step < 0):
+            value = report.get(EPOCH_VALUE_KEY)     # a float (`cohort_trainable.member_report`), or absent
+            if member_id not in numbers or member_id in self.told or value is None or not math.isfinite(value):
                 continue
-            step = int(step)
+            step = int(report["epochs_done"])
             if member_id not in self._live:   # asked by a driver before a restart
                 self._live[member_id] = compat.reopen_trial(self._optuna_study(), numbers[member_id])
             live = self._live[member_id]

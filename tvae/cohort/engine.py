@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -433,7 +434,8 @@ class Cohort:
             "separation": col(lambda c: c.loss.rich.separation_weight),
             "min_richness_ratio": col(lambda c: c.loss.rich.min_richness_ratio),
             "separation_margin": col(lambda c: c.loss.rich.separation_margin),
-            "radial": col(lambda c: c.loss.radial.weight) * torch.where(geometry, 0.5, 1.0), "margin_weight": col(lambda c: c.loss.radial.margin_weight),
+            "radial": col(lambda c: c.loss.radial.weight) * torch.where(geometry, 0.5, 1.0),
+            "margin_weight": col(lambda c: c.loss.radial.margin_weight),
             "rank": col(lambda c: c.loss.rank.weight), "geodesic": col(lambda c: c.loss.geodesic.weight) * geometry,
             "zero_valuation": col(lambda c: c.loss.zero.valuation_weight),
             "zero_sparsity": col(lambda c: c.loss.zero.sparsity_weight),
@@ -556,19 +558,18 @@ class Cohort:
                         frozen_mu[name[-1]] = torch.stack([self.members[k].cache[name][0] for k in part])
                 mu_B, z_B, r_A, r_B, correct = embed_all(self.model, params, self.trits, self.classes, coverage,
                                                          self.c, frozen_mu)
+                members = [self.members[k] for k in part]
                 if self.device_metrics:     # every member's numbers on the device, read back in one transfer
-                    packed = [packed_device_metrics(self.members[k].evals, self.members[k].train_ops, mu_B[i],
-                                                    z_B[i], r_A[i], r_B[i], correct[i], self.c)
-                              for i, k in enumerate(part)]
+                    packed = [packed_device_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i],
+                                                    self.c) for i, m in enumerate(members)]
+                    ends = np.cumsum([len(p) for p in packed]).tolist()
                     values = torch.cat(packed).cpu().numpy()
-                    start = 0
-                    for k, p in zip(part, packed):
-                        out[k] = unpack_device_metrics(values[start:start + len(p)], self.members[k].evals)
-                        start += len(p)
-                    continue
-                for i, k in enumerate(part):
-                    m = self.members[k]
-                    out[k] = host_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i], self.c)
+                    for k, m, end, p in zip(part, members, ends, packed):
+                        out[k] = unpack_device_metrics(values[end - len(p):end], m.evals)
+                else:
+                    for i, (k, m) in enumerate(zip(part, members)):
+                        out[k] = host_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i],
+                                              self.c)
         return out
 
     def summary(self, k: int) -> dict[str, Any]:

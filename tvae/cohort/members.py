@@ -72,7 +72,6 @@ def pick_cohort(candidates: Sequence[Mapping[str, Any]], size: int) -> list[int]
     oldest first within each. Returns indices into ``candidates`` in that order."""
     if not candidates or size < 1:
         return []
-    shape = lambda o: tuple(o.get(k) for k in STEP_SHAPE_KEYS)  # noqa: E731
-    first = shape(candidates[0])
-    rank = lambda i: (0 if shape(candidates[i]) == first else 1 if shape(candidates[i])[1] == first[1] else 2)  # noqa: E731
-    return sorted(range(len(candidates)), key=lambda i: (rank(i), i))[:size]
+    shapes = [tuple(o.get(k) for k in STEP_SHAPE_KEYS) for o in candidates]
+    rank = [0 if s == shapes[0] else 1 if s[1] == shapes[0][1] else 2 for s in shapes]
+    return sorted(range(len(candidates)), key=lambda i: (rank[i], i))[:size]
