@@ -3,10 +3,11 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tvae import config as config_mod
 from tvae.cohort import Cohort, Status, check_compatible, group
-from tvae.cohort.randomness import keep_multipliers
+from tvae.cohort.randomness import Site, StepRandom, keep_multipliers
 
 # the tiny preset through all three phases: coverage [0, 4), structure [4, 8), geometry [8, 12)
 PHASES = {"phases.structure_start": 4, "phases.geometry_start": 8}
@@ -85,6 +86,92 @@ def test_a_member_gives_the_same_rows_alone_and_in_a_cohort(cohort_rows, k):
         assert_rows_close(a, b)
 
 
+@pytest.fixture(scope="module")
+def graph_form_rows():
+    """The same cohort with its steps in graph form (the CUDA-graph path, run as plain calls on the CPU)."""
+    cohort = Cohort([cfg(**m) for m in MEMBERS], graph_steps=True)
+    out = {k: [] for k in range(len(MEMBERS))}
+    while cohort.active:
+        for k, row in cohort.train_epoch().items():
+            out[k].append(numbers(row))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_member_gives_the_same_rows_alone_and_in_a_cohort_in_graph_form(graph_form_rows, cohort_rows, k):
+    alone = Cohort([cfg(**MEMBERS[k])], graph_steps=True)
+    rows = [numbers(alone.train_epoch()[0]) for _ in range(12)]
+    assert {"coverage", "structure", "geometry"} <= {r["phase"] for r in rows}
+    for a, b in zip(rows, graph_form_rows[k]):
+        assert_rows_close(a, b)
+    # its own random numbers (a counter of its key), not the eager steps' draws: a different run of the recipe
+    assert rows[-1]["loss"] != cohort_rows[k][-1]["loss"]
+
+
+class NoHostSync(TorchDispatchMode):
+    """Refuses what a CUDA-graph capture cannot record: reading a tensor's value on the host (``item``, ``float``,
+    ``bool``: ``_local_scalar_dense``), shapes that depend on values, tensors built from host data, and draws from
+    a ``torch.Generator`` (graph form takes counter-based numbers)."""
+    REFUSED = ("_local_scalar_dense", "nonzero", "masked_select", "unique", "lift_fresh", "random_", "normal_",
+               "randint", "randperm", "bernoulli", "multinomial", "uniform_")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.REFUSED or func._schema.name.split("::")[-1] in self.REFUSED:
+            raise AssertionError(f"graph form calls {func} (needs the host)")
+        return func(*args, **(kwargs or {}))
+
+
+class NoSyncRunner:
+    """Stands where `tvae.cuda_graphs.EpochGraphs` stands on CUDA (``run(key, fn, inputs)``): runs each epoch's
+    steps in graph form under `NoHostSync`."""
+    def __init__(self):
+        self.keys = []
+
+    def __len__(self):
+        return 0
+
+    def run(self, key, fn, inputs):
+        self.keys.append(key)
+        with NoHostSync():
+            return fn(inputs)
+
+
+def test_steps_in_graph_form_never_wait_for_the_host():
+    """What a CUDA graph captures must not read tensors on the host; on the CPU, a dispatch mode refuses every
+    such operation while the steps run (the mode itself is checked to catch ``item``)."""
+    with pytest.raises(AssertionError, match="_local_scalar_dense"), NoHostSync():
+        torch.ones(2)[0].item()
+    # coverage, structure, then (homeostasis freezes encoder A after the first structure epoch: coverage is low
+    # and its warm-up 0) structure and geometry with its cached outputs; the second member has fewer steps per
+    # epoch (its own training fraction)
+    frozen_now = {"homeostasis.warmup_epochs": 0}
+    configs = [cfg(seed=0, epochs=4, **{"phases.structure_start": 1, "phases.geometry_start": 3}, **frozen_now),
+               cfg(seed=1, epochs=4, **{"phases.structure_start": 1, "phases.geometry_start": 2,
+                                        "data.train_fraction": 0.6}, **frozen_now)]
+    cohort = Cohort(configs, graph_steps=True)
+    cohort.graphs = runner = NoSyncRunner()
+    rows = [cohort.train_epoch() for _ in range(4)]
+    assert [rows[e][1]["phase"] for e in range(4)] == ["coverage", "structure", "geometry", "geometry"]
+    assert any(key[0] == "structure" and "encoder_A" not in key[1] for key in runner.keys)
+    assert len(runner.keys) >= 4 and all(math.isfinite(r[k]["loss"]) for r in rows for k in r)
+
+
+def test_counter_random_numbers_are_uniform_and_the_members_own():
+    sites = [Site("mask", 256, 0.1), Site("normal", 16)]
+    keys = torch.tensor([12345, 2 ** 61 + 7, 99])
+    both, alone = StepRandom(sites, 512, 3, torch.device("cpu")), StepRandom(sites, 512, 1, torch.device("cpu"))
+    both.draw_counter(keys, 5)
+    alone.draw_counter(keys[1:2], 5)
+    mask, noise = both.take(256), both.take(16)
+    assert torch.equal(alone.take(256)[0], mask[1]) and torch.equal(alone.take(16)[0], noise[1])
+    assert abs((mask > 0).float().mean().item() - 0.9) < 0.005
+    assert abs(noise.mean().item()) < 0.02 and abs(noise.std().item() - 1.0) < 0.02
+    assert not torch.equal(mask[0], mask[2]) and not torch.equal(noise[0], noise[1])
+    alone.draw_counter(keys[1:2], 6)          # another step: other numbers
+    assert not torch.equal(alone.take(256)[0], mask[1])
+
+
 def test_members_really_differ(cohort_rows):
     """The comparison above could not pass by all members computing the same thing."""
     a, b = cohort_rows[0][5], cohort_rows[1][5]
@@ -96,35 +183,41 @@ def test_members_really_differ(cohort_rows):
     assert cohort_rows[0][7]["phase"] == "structure" and cohort_rows[0][7]["loss_geodesic"] == 0
 
 
-def test_a_diverging_member_stops_and_the_others_go_on():
+@pytest.mark.parametrize("graph_steps", [False, True])
+def test_a_diverging_member_stops_and_the_others_go_on(graph_steps):
+    """The others train bit for bit as beside a member that does not diverge (no operation mixes members); their
+    rows differ from those only by the evaluation's rounding (it evaluates two members instead of three)."""
     configs = [cfg(seed=0, epochs=2), cfg(seed=1, epochs=2, **{"coverage.lr": 1e30}), cfg(seed=2, epochs=2)]
-    cohort = Cohort(configs)
+    cohort = Cohort(configs, graph_steps=graph_steps)
     first = cohort.train_epoch()
     assert cohort.members[1].status == Status.DIVERGED and 1 not in first
     assert cohort.members[1].error.startswith("epoch 0: loss term")
     rest = [cohort.train_epoch()]
     assert sorted(rest[0]) == [0, 2]
-    alone = Cohort([cfg(seed=2, epochs=2)])
-    alone_rows = [numbers(alone.train_epoch()[0]) for _ in range(2)]
-    for a, b in zip(alone_rows, [first[2]] + [r[2] for r in rest]):
-        assert_rows_close(a, numbers(b))
+    healthy = Cohort([configs[0], cfg(seed=1, epochs=2), configs[2]], graph_steps=graph_steps)
+    healthy_rows = [healthy.train_epoch() for _ in range(2)]
+    for k in (0, 2):
+        assert torch.equal(cohort.flat[k], healthy.flat[k])
+        for a, b in zip([first[k], rest[0][k]], healthy_rows):
+            assert_rows_close(numbers(a), numbers(b[k]))
     assert not cohort.active and cohort.members[0].status == Status.FINISHED
 
 
-def test_a_cohort_resumes_exactly_and_a_member_resumes_alone(tmp_path):
+@pytest.mark.parametrize("graph_steps", [False, True])
+def test_a_cohort_resumes_exactly_and_a_member_resumes_alone(tmp_path, graph_steps):
     configs = [cfg(seed=s, epochs=4, **({"data.train_fraction": 0.7, "phases.structure_start": 2} if s else {}))
                for s in (0, 1)]
-    straight = Cohort(configs)
+    straight = Cohort(configs, graph_steps=graph_steps)
     expected = [{k: numbers(r) for k, r in straight.train_epoch().items()} for _ in range(4)]
-    first = Cohort(configs)
+    first = Cohort(configs, graph_steps=graph_steps)
     for _ in range(2):
         first.train_epoch()
     first.save(tmp_path / "cohort.pt")
     member1 = first.member_state(1)
-    resumed = Cohort.load(tmp_path / "cohort.pt")
+    resumed = Cohort.load(tmp_path / "cohort.pt", graph_steps=graph_steps)
     got = [{k: numbers(r) for k, r in resumed.train_epoch().items()} for _ in range(2)]
     assert all(same(g[k], e[k]) for g, e in zip(got, expected[2:]) for k in (0, 1))      # bit for bit
-    alone = Cohort.from_member_states([member1])
+    alone = Cohort.from_member_states([member1], graph_steps=graph_steps)
     for e in range(2, 4):
         assert_rows_close(numbers(alone.train_epoch()[0]), expected[e][1])
 
@@ -192,14 +285,32 @@ def test_train_cli_writes_a_directory_per_member_and_resumes(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cohort_trains_on_cuda_as_on_the_cpu():
     configs = [cfg(seed=s, epochs=2, **{"phases.structure_start": 1, "phases.geometry_start": 1}) for s in (0, 1)]
-    gpu = Cohort(configs, "cuda")
-    cpu = Cohort(configs, "cpu")
+    gpu = Cohort(configs, "cuda")                      # default on CUDA: graph form, replayed as CUDA graphs
+    cpu = Cohort(configs, "cpu", graph_steps=True)
+    assert gpu.graph_steps and gpu.cuda_graphs
     for _ in range(2):
         g, c = gpu.train_epoch(), cpu.train_epoch()
         for k in (0, 1):
             assert g[k]["phase"] == c[k]["phase"] and math.isfinite(g[k]["loss"])
-            # the same numbers drawn per member; kernels differ, so the same scale, not the same bits
+            # each device's generator draws its own batches and keys: the same scale, not the same numbers
             assert g[k]["loss"] == pytest.approx(c[k]["loss"], rel=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replays_train_as_the_graph_form_run_plainly():
+    """Each group shape is captured on its first epoch (run eagerly) and replayed after: coverage epochs 0-1,
+    structure 2-3; the replays give the rows of the same steps run as plain calls (up to the rounding of CUDA's
+    atomic adds in the backward pass)."""
+    configs = [cfg(seed=s, epochs=4, **{"phases.structure_start": 2, "phases.geometry_start": 4}) for s in (0, 1)]
+    graphed, plain = Cohort(configs, "cuda"), Cohort(configs, "cuda", cuda_graphs=False)
+    assert graphed.cuda_graphs and plain.graph_steps and not plain.cuda_graphs
+    for _ in range(4):
+        g, p = graphed.train_epoch(), plain.train_epoch()
+        for k in (0, 1):
+            assert g[k]["phase"] == p[k]["phase"]
+            assert g[k]["loss"] == pytest.approx(p[k]["loss"], rel=1e-3)
+            assert g[k]["train_coverage"] == pytest.approx(p[k]["train_coverage"], rel=1e-3, abs=1e-4)
+    assert graphed.graphs.captures == 2 and len(graphed.graphs) == 2
 
 
 def test_members_with_structured_splits_share_a_cohort():

@@ -129,12 +129,14 @@ def test_bench_prints_its_table_and_json_line(mode):
         assert "structure " in r.stdout and "geometry " in r.stdout and "coverage " not in r.stdout
 
 
-def test_population_bench_prints_one_json_line_per_candidate():
+@pytest.mark.parametrize("steps", ["eager", "graph"])
+def test_population_bench_prints_one_json_line_per_candidate(steps):
     r = subprocess.run([sys.executable, "-m", "tvae.bench", "--preset", "tiny", "--epochs", "2", "--population", "1,2",
-                        "--single"], cwd=ROOT, capture_output=True, text=True)
+                        "--single", "--cohort-steps", steps], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.strip().splitlines()[-3:]]
     assert [(x["engine"], x["population"]) for x in lines] == [("single", 1), ("cohort", 1), ("cohort", 2)]
+    assert [x["steps"] for x in lines] == ["single", steps, steps]
     for x in lines:
         assert x["trial_epochs_s"] == pytest.approx(x["population"] / x["epoch_s"], rel=1e-3)
         assert "epoch_gpu_mib_per_member" not in x      # GPU memory is measured on a GPU only

@@ -15,7 +15,9 @@ a JSON line with ``population``, ``epoch_s`` (one cohort epoch, training + evalu
 ``trial_epochs_s`` (= K / epoch_s), and the process CPU seconds of the same; on a GPU also
 ``epoch_gpu_mib_per_member``: the most GPU memory one of its epochs allocated beyond what was allocated before
 it (activations, inputs, gradients, evaluation blocks), divided by K; the parameters and Adam state of one member
-take 4 × 3 bytes per parameter on top.
+take 4 × 3 bytes per parameter on top. ``--cohort-steps eager|graph`` picks how the cohort's steps run (default:
+the device's, graph form on CUDA, eager elsewhere; `tvae.cohort.engine`); on CUDA ``--no-cuda-graphs`` runs the
+graph form without replaying it as CUDA graphs. The JSON line names the way in ``steps``.
 
 ``--whole-run`` times every epoch of the preset's own schedule instead (``--epochs`` in all, default the
 preset's; coverage included): what a study's trial costs, with the homeostasis freezes and the late epochs
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="time cohorts of K members (tvae.cohort), side by side when several")
     p.add_argument("--single", action="store_true",
                    help="with --population: also time the single-run trainer, side by side")
+    p.add_argument("--cohort-steps", choices=["eager", "graph"], default=None,
+                   help="with --population: the cohort's steps eagerly or in graph form (default: the device's)")
     args = p.parse_args(argv)
     if args.population is not None:
         try:
@@ -60,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--population: expected K[,K...] with integers, got {args.population!r}")
         if any(k < 1 for k in sizes):
             p.error("--population: every K must be >= 1")
-        if args.whole_run or args.compile or args.device != "cpu" and not args.cuda_graphs:
-            p.error("--population times the bench schedule eagerly; drop --whole-run/--compile/--no-cuda-graphs")
+        if args.whole_run or args.compile:
+            p.error("--population times the bench schedule; drop --whole-run/--compile")
         return _population(args, sizes)
     if args.epochs is None and not args.whole_run:
         args.epochs = 10
@@ -133,8 +137,12 @@ def _population(args, sizes: list[int]) -> int:
         overrides = dict(config_mod.parse_assignment(s) for s in args.sets)
         overrides.update({"phases.structure_start": 1, "phases.geometry_start": 1 + epochs // 2})
         build = lambda seed: config_mod.build(args.preset, overrides=overrides, epochs=1 + epochs, seed=seed)  # noqa: E731
-        candidates: list[tuple[str, int, Any]] = [(f"cohort K={k}", k, Cohort([build(s) for s in range(k)], args.device))
-                                                  for k in sizes]
+        graph_steps = None if args.cohort_steps is None else args.cohort_steps == "graph"
+        cuda_graphs = None if args.cuda_graphs else False
+        candidates: list[tuple[str, int, Any]] = [
+            (f"cohort K={k}", k, Cohort([build(s) for s in range(k)], args.device, graph_steps=graph_steps,
+                                        cuda_graphs=cuda_graphs))
+            for k in sizes]
         if args.single:
             candidates.insert(0, ("single run", 1, trainer.run_from_config(build(0), args.device)))
     except (config_mod.ConfigError, ValueError) as exc:
@@ -161,17 +169,26 @@ def _population(args, sizes: list[int]) -> int:
           f"timed epochs={epochs} (side by side) load={os.getloadavg()[0]:.2f}")
     print(f"{'engine':<16}{'K':>5}{'epoch_s':>10}{'trial-epochs/s':>16}{'cpu epoch_s':>13}{'cpu trial-ep/s':>16}")
     lines = []
-    for name, k, _ in candidates:
+    for name, k, engine in candidates:
         wall, cpu = med([w for w, _ in times[name]]), med([c for _, c in times[name]])
         print(f"{name:<16}{k:>5}{wall:>10.4f}{k / wall:>16.3f}{cpu:>13.4f}{k / cpu:>16.3f}")
         lines.append({"engine": "single" if name == "single run" else "cohort", "population": k,
                       "epoch_s": round(wall, 5), "trial_epochs_s": round(k / wall, 4),
                       "cpu_epoch_s": round(cpu, 5), "cpu_trial_epochs_s": round(k / cpu, 4),
-                      "device": args.device, "threads": args.threads}
+                      "device": args.device, "threads": args.threads, "steps": _steps_way(engine)}
                      | ({"epoch_gpu_mib_per_member": round(peak[name] / k / 2 ** 20, 2)} if cuda else {}))
     for line in lines:
         print(json.dumps(line))
     return 0
+
+
+def _steps_way(engine: Any) -> str:
+    """How an engine's steps run: the single run's own way, or a cohort's eager / graph form (+ CUDA graphs)."""
+    if not hasattr(engine, "graph_steps"):
+        return "single"
+    if not engine.graph_steps:
+        return "eager"
+    return "graph+cuda-graphs" if engine.cuda_graphs else "graph"
 
 
 if __name__ == "__main__":

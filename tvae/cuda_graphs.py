@@ -28,6 +28,9 @@ class EpochGraphs:
         self._graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], Any]] = {}
         self.captures = 0             # graphs captured so far (a key seen for the first time)
 
+    def __len__(self) -> int:
+        return len(self._graphs)
+
     def clear(self) -> None:
         self._graphs.clear()
 

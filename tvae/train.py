@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="train a cohort (tvae.cohort), one member per seed (and per --vary combination)")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="cohort members take each of these values (repeatable; members are the combinations)")
+    p.add_argument("--cohort-steps", choices=["eager", "graph"], default=None,
+                   help="a cohort's steps eagerly or in graph form (default: the device's; docs/cohorts.md)")
     return p
 
 
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         from tvae.cohort import cli
 
         return cli.main(args)
+    if args.cohort_steps is not None:
+        print("error: --cohort-steps is for a cohort (--seeds or --vary)", file=sys.stderr)
+        return 2
     from tvae import checkpoint, config as config_mod, trainer
     from tvae.tasks import DivergedError
 

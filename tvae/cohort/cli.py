@@ -66,11 +66,12 @@ def main(args) -> int:
 
     out = Path(args.out)
     listing = out / "members.json"
+    steps = {} if args.cohort_steps is None else {"graph_steps": args.cohort_steps == "graph"}
     try:
         if args.resume:
             members = json.loads(listing.read_text())
             states = [checkpoint.load(out / m["directory"] / "checkpoints" / MEMBER_CHECKPOINT) for m in members]
-            cohort = Cohort.from_member_states(states, args.device, [args.epochs] * len(states))
+            cohort = Cohort.from_member_states(states, args.device, [args.epochs] * len(states), **steps)
             check_resume_matches(args, members, [m.cfg for m in cohort.members], out)
             rows = [[r for r in _read_rows(out / m["directory"] / "epochs.parquet") if r["epoch"] < cohort.members[i].epoch]
                     for i, m in enumerate(members)]
@@ -83,7 +84,7 @@ def main(args) -> int:
             configs = [config_mod.build(args.preset or "v5_12_4", config_file=args.config,
                                         overrides=base | spec["overrides"], epochs=args.epochs, seed=spec["seed"])
                        for spec in specs]
-            cohort = Cohort(configs, args.device)
+            cohort = Cohort(configs, args.device, **steps)
             members = [{"index": i, "directory": f"m{i:03d}", "seed": spec["seed"], "overrides": spec["overrides"]}
                        for i, spec in enumerate(specs)]
             out.mkdir(parents=True, exist_ok=True)

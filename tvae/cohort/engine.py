@@ -12,7 +12,8 @@ whose epoch has fewer steps (a smaller training split) sits out the group's rema
 Evaluation runs for all members together, whatever their groups.
 
 An epoch reads: groups -> for each group: inputs -> steps -> (scatter back) -> checks -> evaluation -> rows ->
-homeostasis.
+homeostasis. A group's steps run eagerly (the CPU's way) or in graph form (the GPU's way: one function of tensors,
+replayed as a CUDA graph; `_train_group_in_graph_form`); both go through the same loop, `_steps`.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from tvae.cohort.members import check_compatible
 from tvae.cohort.randomness import Site, StepRandom
 from tvae.cohort.stacked import MODULES, Layout, StackedTernaryVAE
 from tvae.config import Config
+from tvae.cuda_graphs import EpochGraphs
 from tvae.geometry import radius
 from tvae.homeostasis import Homeostasis
 from tvae.losses import level_targets
@@ -44,6 +46,7 @@ from tvae.trainer import (TERMS, _SplitEval, host_metrics, packed_device_metrics
 
 COHORT_VERSION = 1
 CHECKPOINT_FILE = "cohort.pt"
+MAX_GRAPHS = 16          # captured group shapes kept at once (each graph holds its own memory pool)
 
 
 class Status:
@@ -122,11 +125,25 @@ class Member:
                 self.homeostasis.frozen["encoder_B"])
 
 
+@dataclass
+class _GroupPlan:
+    """What one group's epoch of steps is made of, decided before its first step."""
+    kind: str                                  # "coverage" or "structure"
+    modules: list[str]                         # the modules that train
+    sites: tuple[list[Site], int]              # the random draws of a step and their rows (`Cohort._sites`)
+    steps: int                                 # S: the most steps a member of the group takes
+    n_steps: list[int]                         # each member's steps
+    weights: dict[str, torch.Tensor]           # each member's loss scalars, (K,) each
+    inputs: dict[str, Any]                     # "steps": name -> (K, S, ...) tensors; "pull" in the coverage phase
+    max_norm: torch.Tensor                     # (K,) clipping norms
+
+
 class Cohort:
     """K members trained together. ``train_epoch()`` trains every active member's next epoch and returns
     {member index: row}; a member that diverged this epoch has no row (its ``status`` and ``error`` say why)."""
 
-    def __init__(self, configs: Sequence[Config], device: str = "cpu", device_metrics: bool | None = None):
+    def __init__(self, configs: Sequence[Config], device: str = "cpu", device_metrics: bool | None = None,
+                 graph_steps: bool | None = None, cuda_graphs: bool | None = None):
         configs = list(configs)
         check_compatible(configs)
         for cfg in configs:
@@ -139,6 +156,13 @@ class Cohort:
         # the metrics on the embeddings' device (`tvae.trainer.packed_device_metrics`, default on a GPU: the host
         # would spend tens of milliseconds per member sorting) or in numpy on the host (`host_metrics`)
         self.device_metrics = dev.type == "cuda" if device_metrics is None else bool(device_metrics)
+        # each group's steps in graph form (`_train_group_in_graph_form`; default on a GPU, where per-member
+        # generator calls and Adam kernels would cost a launch each) and, on CUDA, replayed as CUDA graphs
+        self.graph_steps = dev.type == "cuda" if graph_steps is None else bool(graph_steps)
+        self.cuda_graphs = self.graph_steps and dev.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+        if self.cuda_graphs and not (self.graph_steps and dev.type == "cuda"):
+            raise ValueError("cuda_graphs needs graph_steps on a CUDA device")
+        self.graphs = EpochGraphs(dev) if self.cuda_graphs else None
         cfg = configs[0]
         self.shared = cfg       # the members' shared keys are read from here (batch sizes are per member: not here)
         self.layout = Layout(cfg.model)
@@ -255,11 +279,12 @@ class Cohort:
             self.members[k].r_orig = self.model.projection("B", params, mu_B, None)[0].norm(dim=-1).clone()
         self.members[k].cache.clear()
 
-    def _frozen_outputs(self, idx: list[int], name: str, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _frozen_outputs(self, idx: list[int], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar) of every operation from the frozen encoder ``name`` of members ``idx`` (eval mode), each
         computed once while it stays frozen."""
         missing = [i for i, k in enumerate(idx) if name not in self.members[k].cache]
         if missing:
+            params = self.layout.views(self.flat[idx])
             with torch.no_grad():
                 mu, lv = self.model.encoder(name[-1], params, self.trits.unsqueeze(0).expand(len(idx), *self.trits.shape), None)
             for i in missing:
@@ -275,18 +300,6 @@ class Cohort:
         phases = [m.phase() for m in members]
         frozen = {"encoder_A": False, "encoder_B": True} if kind == "coverage" else members[0].homeostasis.frozen
         modules = trainable_modules(kind, frozen)
-        whole = idx == list(range(len(self.members)))
-        flat = self.flat if whole else self.flat[idx]
-        adam = self.adam if whole else self.adam.rows(idx)
-        grad = torch.zeros_like(flat)
-        params = {}
-        for name, view in self.layout.views(flat).items():
-            slot = self.layout.slots[name]
-            p = view.detach()
-            if slot.module in modules:
-                p.requires_grad_(True)
-                p.grad = grad[:, slot.offset:slot.offset + slot.numel].view_as(view)   # autograd adds into it
-            params[name] = p
         for m in members:   # an encoder that trains this epoch forgets its cached outputs
             for name in ("encoder_A", "encoder_B"):
                 if name in modules or kind == "coverage":
@@ -295,23 +308,120 @@ class Cohort:
         if kind == "coverage":
             inp, n_steps = self._coverage_inputs(members, batch_size)
         else:
-            cached = {name: self._frozen_outputs(idx, name, params) for name in ("encoder_A", "encoder_B")
-                      if frozen[name]}
+            cached = {name: self._frozen_outputs(idx, name) for name in ("encoder_A", "encoder_B") if frozen[name]}
             inp, n_steps = self._structure_inputs(members, phases, cached)
-        w = self._weights(members, phases)
-        K = len(idx)
-        sites, rows = self._sites(kind, frozen, inp)
+        plan = _GroupPlan(kind=kind, modules=modules, sites=self._sites(kind, frozen, inp), steps=max(n_steps),
+                          n_steps=n_steps, weights=self._weights(members, phases), inputs=inp,
+                          max_norm=torch.tensor([m.cfg.optim.max_grad_norm for m in members], device=self.device))
+        if self.graph_steps:
+            sums, grad_sum = self._train_group_in_graph_form(idx, plan, rates)
+        else:
+            sums, grad_sum = self._train_group_eagerly(idx, plan, rates)
+        sums_l, grad_l = sums.tolist(), grad_sum.tolist()
+        return {k: {"terms": [x / n_steps[i] for x in sums_l[i]], "grad_norm": grad_l[i] / n_steps[i],
+                    "lr": rates[i][0], "phase": phases[i], "modules": modules}
+                for i, k in enumerate(idx)}
+
+    def _train_group_eagerly(self, idx: list[int], plan: "_GroupPlan", rates: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CPU's way: each member's generator draws its step's numbers, each member's Adam is torch's fused
+        kernel per module; the group's rows of the parameters and Adam state are updated in place."""
+        whole = idx == list(range(len(self.members)))
+        flat = self.flat if whole else self.flat[idx]
+        adam = self.adam if whole else self.adam.rows(idx)
+        gens = [self.members[k].gen for k in idx]
+        n_steps = plan.n_steps
+
+        def draw(rnd: StepRandom, s: int) -> None:
+            rnd.draw([g if s < n else None for g, n in zip(gens, n_steps)])
+
+        def update(grad: torch.Tensor, s: int) -> None:
+            live = [i for i, n in enumerate(n_steps) if s < n]
+            adam.step(flat, grad, live, [rates[i][1] for i in live], [rates[i][2] for i in live], plan.modules)
+
+        sums, grad_sum = self._steps(plan, flat, plan.inputs, plan.weights, plan.max_norm, self._live(plan),
+                                     draw, update)
+        if not whole:
+            self.flat[idx] = flat
+            self.adam.put_rows(idx, adam)
+        return sums, grad_sum
+
+    def _train_group_in_graph_form(self, idx: list[int], plan: "_GroupPlan",
+                                   rates: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps in graph form (the GPU's way): every value that changes between epochs is an input tensor
+        (parameters and Adam state of the group's rows, batches, weights, learning rates, one random key per member
+        drawn from its generator), and the epoch's steps are a function of those tensors alone, with no host
+        synchronisation: counter-based random numbers (`StepRandom.draw_counter`), the masked Adam of all members
+        (`CohortAdam.masked_step`). On CUDA the function is captured once per group shape and replayed as one CUDA
+        graph (`tvae.cuda_graphs.EpochGraphs`); elsewhere it runs as a plain call (the tests' way)."""
+        dev, members = self.device, [self.members[k] for k in idx]
+        sel = torch.as_tensor(idx, device=dev)
+        inputs = {"flat": self.flat[sel], "exp_avg": self.adam.exp_avg[sel], "exp_avg_sq": self.adam.exp_avg_sq[sel],
+                  "adam_steps": self.adam.steps[sel], "live": self._live(plan), "max_norm": plan.max_norm,
+                  "keys": torch.stack([torch.randint(0, 2 ** 62, (), device=dev, generator=m.gen) for m in members]),
+                  "lr": torch.tensor([[r[1][name] for name in self.adam.modules] for r in rates], device=dev),
+                  "weight_decay": torch.tensor([r[2] for r in rates], device=dev)}
+        inputs.update({f"w.{name}": value for name, value in plan.weights.items()})
+        inputs.update({f"step.{name}": value for name, value in plan.inputs["steps"].items()})
+        if "pull" in plan.inputs:
+            inputs["pull"] = plan.inputs["pull"]
+
+        def epoch_steps(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+            adam = CohortAdam.over(self.adam.segments, t["exp_avg"], t["exp_avg_sq"], t["adam_steps"])
+            given = {"steps": {name[5:]: v for name, v in t.items() if name.startswith("step.")}}
+            if "pull" in t:
+                given["pull"] = t["pull"]
+
+            def draw(rnd: StepRandom, s: int) -> None:
+                rnd.draw_counter(t["keys"], s)
+
+            def update(grad: torch.Tensor, s: int) -> None:
+                adam.masked_step(t["flat"], grad, t["live"][:, s], t["lr"], t["weight_decay"], plan.modules)
+
+            weights = {name[2:]: v for name, v in t.items() if name.startswith("w.")}
+            sums, grad_sum = self._steps(plan, t["flat"], given, weights, t["max_norm"], t["live"], draw, update)
+            return t["flat"], adam.exp_avg, adam.exp_avg_sq, adam.steps, sums, grad_sum
+
+        if self.graphs is not None:
+            if len(self.graphs) >= MAX_GRAPHS:      # each graph keeps its own memory: forget the old shapes
+                self.graphs.clear()
+            key = (plan.kind, tuple(plan.modules), tuple(idx), plan.steps,
+                   tuple((name, tuple(v.shape)) for name, v in inputs.items()))
+            out = self.graphs.run(key, epoch_steps, inputs)
+        else:
+            out = epoch_steps(inputs)
+        flat, exp_avg, exp_avg_sq, steps, sums, grad_sum = out
+        self.flat[sel], self.adam.exp_avg[sel], self.adam.exp_avg_sq[sel], self.adam.steps[sel] = \
+            flat, exp_avg, exp_avg_sq, steps
+        return sums.clone(), grad_sum.clone()
+
+    def _live(self, plan: "_GroupPlan") -> torch.Tensor:
+        """(K, S): 1 where member i takes step s (a member with a smaller training split sits out the rest)."""
+        n = torch.tensor(plan.n_steps, device=self.device).unsqueeze(1)
+        return (torch.arange(plan.steps, device=self.device).unsqueeze(0) < n).float()
+
+    def _steps(self, plan: "_GroupPlan", flat: torch.Tensor, inp: dict[str, Any], w: dict[str, torch.Tensor],
+               max_norm: torch.Tensor, live: torch.Tensor, draw, update) -> tuple[torch.Tensor, torch.Tensor]:
+        """The group's steps of one epoch over its parameter rows ``flat`` (K, n): per step draw the random
+        numbers, forward all members, one backward, clip each member's gradient to its norm, update; returns each
+        member's summed loss terms (K, len(TERMS)) and gradient norms (K,) over the steps it took."""
+        K = flat.shape[0]
+        grad = torch.zeros_like(flat)
+        params = {}
+        for name, view in self.layout.views(flat).items():
+            slot = self.layout.slots[name]
+            p = view.detach()
+            if slot.module in plan.modules:
+                p.requires_grad_(True)
+                p.grad = grad[:, slot.offset:slot.offset + slot.numel].view_as(view)   # autograd adds into it
+            params[name] = p
+        sites, rows = plan.sites
         rnd = StepRandom(sites, rows, K, self.device)
-        max_norm = torch.tensor([m.cfg.optim.max_grad_norm for m in members], device=self.device)
         sums = torch.zeros(K, len(TERMS), device=self.device)
         grad_sum = torch.zeros(K, device=self.device)
-        S = max(n_steps)
-        for s in range(S):
-            live = [i for i in range(K) if s < n_steps[i]]
-            act = torch.tensor([float(s < n) for n in n_steps], device=self.device)
-            rnd.draw([members[i].gen if s < n_steps[i] else None for i in range(K)])
+        for s in range(plan.steps):
+            draw(rnd, s)
             step = {name: value[:, s] for name, value in inp["steps"].items()}
-            if kind == "coverage":
+            if plan.kind == "coverage":
                 loss, terms = self._coverage_loss(params, step, inp, w, rnd)
             else:
                 loss, terms = self._structure_loss(params, step, w, rnd)
@@ -322,16 +432,10 @@ class Cohort:
                 loss.sum().backward()
             norm = torch.linalg.vector_norm(grad, dim=1)
             grad.mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0).unsqueeze(1))
-            adam.step(flat, grad, live, [rates[i][1] for i in live], [rates[i][2] for i in live], modules)
-            sums += terms.detach() * act.unsqueeze(1)
-            grad_sum += norm * act
-        if not whole:
-            self.flat[idx] = flat
-            self.adam.put_rows(idx, adam)
-        sums_l, grad_l = sums.tolist(), grad_sum.tolist()
-        return {k: {"terms": [x / n_steps[i] for x in sums_l[i]], "grad_norm": grad_l[i] / n_steps[i],
-                    "lr": rates[i][0], "phase": phases[i], "modules": modules}
-                for i, k in enumerate(idx)}
+            update(grad, s)
+            sums += terms.detach() * live[:, s:s + 1]
+            grad_sum += norm * live[:, s]
+        return sums, grad_sum
 
     # ------------------------------------------------------------------ inputs (drawn up front, per member)
     def _pairs(self, gen: torch.Generator, n_steps: int, batch: int, n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -612,15 +716,16 @@ class Cohort:
 
     @classmethod
     def from_member_states(cls, states: Sequence[dict[str, Any]], device: str = "cpu",
-                           epochs: Sequence[int | None] | None = None) -> "Cohort":
-        """A cohort of saved members (from any cohorts); ``epochs[i]`` may extend member i's total."""
+                           epochs: Sequence[int | None] | None = None, **options: Any) -> "Cohort":
+        """A cohort of saved members (from any cohorts); ``epochs[i]`` may extend member i's total; ``options``
+        are `Cohort`'s keyword arguments."""
         configs = []
         for i, state in enumerate(states):
             cfg = config_mod.from_dict(Config, state["config"])
             if epochs is not None and epochs[i] is not None:
                 config_mod.set_key(cfg, "epochs", epochs[i])
             configs.append(cfg)
-        cohort = cls(configs, device)
+        cohort = cls(configs, device, **options)
         for k, state in enumerate(states):
             cohort.load_member_state(k, state)
         return cohort
@@ -630,12 +735,13 @@ class Cohort:
                                      "members": [self.member_state(k) for k in range(len(self))]})
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", epochs: int | None = None) -> "Cohort":
+    def load(cls, path: str | Path, device: str = "cpu", epochs: int | None = None, **options: Any) -> "Cohort":
         state = checkpoint.load(Path(path))
         if state.get("version") != COHORT_VERSION:
             raise ValueError(f"cohort checkpoint {path} has version {state.get('version')}, expected {COHORT_VERSION}")
         members = state["members"]
-        return cls.from_member_states(members, device, None if epochs is None else [epochs] * len(members))
+        return cls.from_member_states(members, device, None if epochs is None else [epochs] * len(members),
+                                      **options)
 
 
 def _delta_temperature(cfg: Config) -> radius_terms.Weights:

@@ -4,9 +4,15 @@ A member draws everything random of an epoch up front (data order, batches, loss
 block of random 64-bit words that the step carves into its dropout masks and one block of normal floats for its
 reparameterisation noise (`StepRandom`). The blocks' sizes depend only on the member's own step (its phase and
 which encoders are frozen), so member k draws the same numbers alone and as one of K members.
+
+Steps in graph form (`tvae.cohort.engine`, the CUDA-graph path) cannot call K generators per step: there each
+member draws one 62-bit key per epoch from its generator, and a step's words and normals are a counter-based hash
+of (member key, step, position) computed for all members by the same few integer operations (`counter_bits`), so
+they too depend only on the member.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +58,24 @@ class StepRandom:
                 self.normals[k].normal_(generator=g)
         self._next = 0
 
+    def draw_counter(self, keys: torch.Tensor, step: int) -> None:
+        """Fill every member's numbers for step ``step`` of the epoch from its key (``keys``: (K,) int64 in
+        [0, 2^62)): the words from stream 0 of `counter_bits`, the normals by Box-Muller from stream 1."""
+        K = self.words.shape[0]
+        if self.words.shape[1]:
+            bits = counter_bits(keys, 2 * step, 2 * self.words.shape[1])           # (K, 2n) 32-bit values
+            signed = torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits).to(torch.int32)    # the same 32 bits
+            self.words.copy_(signed.view(torch.int64).view(K, -1))
+        n = self.normals.shape[1]
+        if n:
+            half = -(-n // 2)
+            u = (counter_bits(keys, 2 * step + 1, 2 * half).view(K, 2, half) >> 8).to(torch.float32).add_(0.5)
+            u.mul_(1.0 / 2 ** 24)                                        # uniform in (0, 1): never 0 (log below)
+            radius = torch.sqrt(-2.0 * torch.log(u[:, 0]))
+            angle = (2 * math.pi) * u[:, 1]
+            self.normals.copy_(torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], 1)[:, :n])
+        self._next = 0
+
     def take(self, width: int) -> torch.Tensor | None:
         """The next site's values, (K, rows, width): keep multipliers for a mask site, N(0, 1) for a normal one."""
         i = self._next
@@ -69,6 +93,26 @@ class StepRandom:
     def done(self) -> None:
         if self._next != len(self.sites):
             raise RuntimeError(f"step random: {len(self.sites) - self._next} of {len(self.sites)} sites unused")
+
+
+_M32 = 0xFFFFFFFF
+
+
+def pcg_hash(x: torch.Tensor) -> torch.Tensor:
+    """The PCG output hash of 32-bit values held in int64 (every product stays below 2^62: no overflow)."""
+    x = (x * 747796405 + 2891336453) & _M32
+    x = (((x >> ((x >> 28) + 4)) ^ x) * 277803737) & _M32
+    return (x >> 22) ^ x
+
+
+def counter_bits(keys: torch.Tensor, stream: int, n: int) -> torch.Tensor:
+    """(K, n) pseudo-random 32-bit values (int64) of member keys ``keys`` (K,) for counter ``stream`` (a step's
+    own number): position i of member k is a hash of (the key's low word, stream, i) and the key's high word.
+    Pure: the same key, stream and position give the same value in any cohort, on any device."""
+    lo, hi = (keys & _M32).unsqueeze(1), ((keys >> 32) & _M32).unsqueeze(1)
+    base = pcg_hash(lo ^ pcg_hash(torch.full_like(lo, stream & _M32)))
+    position = torch.arange(n, device=keys.device, dtype=torch.int64).unsqueeze(0)
+    return pcg_hash(pcg_hash(position ^ base) ^ hi)
 
 
 def keep_multipliers(bits16: torch.Tensor, p: float) -> torch.Tensor:
