@@ -34,13 +34,14 @@ bench: setup
 
 # On a GPU machine (its own python3 with torch; no venv): the CUDA tests, the single-run bench, the cohort bench
 # at growing K in each way of running its steps (graph form replayed as CUDA graphs, the default; graph form as
-# plain calls; eager) with GPU memory per member, and one 100-epoch quality cohort of seeds 0-2 (meant to take
-# about 5 minutes on one H100; not yet run).
+# plain calls; eager) with GPU memory per member (6 timed epochs for the replays: the first structure and the
+# first geometry epoch capture their graphs, the other four replay them), and one 100-epoch quality cohort of
+# seeds 0-2 (meant to take about 5 minutes on one H100; not yet run).
 GPU_PY ?= python3
 gpu-check:
 	$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_tvae_cuda.py tests/test_cohort.py -k "cuda"
 	$(GPU_PY) -m tvae.bench --device cuda --epochs 6
-	$(GPU_PY) -m tvae.bench --device cuda --epochs 2 --population 1,8,64,256,512 --single
+	$(GPU_PY) -m tvae.bench --device cuda --epochs 6 --population 1,8,64,256,512 --single
 	$(GPU_PY) -m tvae.bench --device cuda --epochs 2 --population 1,8,64 --no-cuda-graphs
 	$(GPU_PY) -m tvae.bench --device cuda --epochs 2 --population 1,8 --cohort-steps eager
 	rm -rf /tmp/gpu-quality && $(GPU_PY) -m tvae.train --device cuda --epochs 100 --seeds 0,1,2 --out /tmp/gpu-quality --quiet
