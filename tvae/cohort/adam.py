@@ -60,16 +60,12 @@ class CohortAdam:
             a, b = self.segments[name]
             m = self.modules.index(name)
             self.steps[:, m] += live
-            t = self.steps[:, m:m + 1].clamp(min=1.0)
-            p, g, avg, avg_sq = flat[:, a:b], grad[:, a:b], self.exp_avg[:, a:b], self.exp_avg_sq[:, a:b]
-            g = g + wd * p
-            new_avg = torch.lerp(avg, g, 1 - b1)
-            new_sq = (avg_sq * b2).addcmul_(g, g, value=1 - b2)
-            denom = (new_sq.sqrt() / torch.sqrt(1 - b2 ** t)).add_(EPS)
-            step_size = lrs[:, m:m + 1] / (1 - b1 ** t)
-            p.copy_(torch.where(keep, p - step_size * new_avg / denom, p))
-            avg.copy_(torch.where(keep, new_avg, avg))
-            avg_sq.copy_(torch.where(keep, new_sq, avg_sq))
+            t = self.steps[:, m:m + 1].clamp(min=1.0)       # a member without a step yet: any finite value
+            state = flat[:, a:b], self.exp_avg[:, a:b], self.exp_avg_sq[:, a:b]
+            new = torch_compat.adam_update(*state[:1], grad[:, a:b], *state[1:], t, lr=lrs[:, m:m + 1], beta1=b1,
+                                           beta2=b2, weight_decay=wd, eps=EPS)
+            for old, value in zip(state, new):
+                old.copy_(torch.where(keep, value, old))
 
     @classmethod
     def over(cls, segments: dict[str, tuple[int, int]], exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,

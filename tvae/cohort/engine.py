@@ -392,7 +392,7 @@ class Cohort:
         flat, exp_avg, exp_avg_sq, steps, sums, grad_sum = out
         self.flat[sel], self.adam.exp_avg[sel], self.adam.exp_avg_sq[sel], self.adam.steps[sel] = \
             flat, exp_avg, exp_avg_sq, steps
-        return sums.clone(), grad_sum.clone()
+        return sums, grad_sum       # a replay's own outputs: read (`_train_group`) before the graph replays again
 
     def _live(self, plan: "_GroupPlan") -> torch.Tensor:
         """(K, S): 1 where member i takes step s (a member with a smaller training split sits out the rest)."""
