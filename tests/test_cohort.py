@@ -1,6 +1,8 @@
 """The cohort engine (tvae.cohort): members train as they would alone, diverge alone, resume exactly."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -369,3 +371,77 @@ def test_metrics_on_the_device_give_the_host_metrics():
         for k in a:
             assert "heldout_dist_corr" in a[1] and math.isfinite(a[k]["train_dist_corr"])
             assert_rows_close(numbers(a[k]), numbers(b[k]))
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the operations dispatched (on a GPU each is a kernel launch, or a view)."""
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _pass_inputs(configs, epochs=2):
+    """A trained cohort of ``configs`` and its members' embeddings of every operation, as one GPU-sized pass."""
+    from tvae.cohort.evaluation import MEMBER_ROWS_PER_BLOCK, embed_all
+
+    cohort = Cohort(configs)
+    for _ in range(epochs):
+        cohort.train_epoch()
+    k = list(range(len(configs)))
+    with torch.inference_mode():
+        return cohort, lambda idx: embed_all(cohort.model, cohort.layout.views(cohort.flat[idx]), cohort.trits,
+                                             cohort.classes, [False] * len(idx), cohort.c, {},
+                                             rows_per_block=MEMBER_ROWS_PER_BLOCK["cuda"]), k
+
+
+def test_an_evaluation_pass_computes_each_members_device_metrics_as_alone():
+    """`tvae.device_metrics.DeviceMetrics` pads members' samples into one batch: members with different split
+    kinds and sizes (one without a held-out split) get the numbers each gets in a pass of its own."""
+    from tvae.device_metrics import DeviceMetrics
+
+    ov = {"phases.structure_start": 1, "phases.geometry_start": 2}
+    configs = [cfg(seed=0, epochs=2, **ov, **{"data.train_fraction": 0.5}),
+               cfg(seed=1, epochs=2, **ov, **{"data.split": "valuation", "data.split_level_min": 3}),
+               cfg(seed=2, epochs=2, **ov, **{"data.train_fraction": 1.0}),
+               cfg(seed=3, epochs=2, **ov, **{"data.split": "trit", "eval.dist_corr_samples": 40})]
+    cohort, embed, idx = _pass_inputs(configs)
+    assert "heldout" not in cohort.members[2].evals
+    with torch.inference_mode():
+        emb = embed(idx)
+        together = DeviceMetrics([m.evals for m in cohort.members], [m.train_ops for m in cohort.members],
+                                 cohort.v, cohort.device).values(*emb, cohort.c).numpy()
+        for k, m in enumerate(cohort.members):
+            alone = DeviceMetrics([m.evals], [m.train_ops], cohort.v, cohort.device)
+            mine = alone.values(*(t[k:k + 1] for t in emb), cohort.c).numpy()
+            assert np.array_equal(np.isnan(together[k]), np.isnan(mine[0]))
+            # the metrics (float64 from the same float32 embeddings) to rounding; the Gram matrix of the training
+            # means is a float32 product whose sums run over the pass's padded length (rounding of its largest term)
+            assert np.allclose(together[k, :18], mine[0, :18], rtol=1e-12, atol=1e-12, equal_nan=True), k
+            gram = together[k, 18:]
+            assert np.allclose(gram, mine[0, 18:], rtol=0, atol=1e-6 * np.abs(gram).max()), k
+    assert np.isnan(together[2, 9:18]).all() and np.isfinite(together[0, :17]).all()     # r_v9: one operation
+
+
+def test_an_evaluation_pass_launches_as_many_kernels_for_any_number_of_members():
+    """On a GPU every operation is a kernel launch: a pass of 2 or of 6 members (the GPU's one block per pass)
+    dispatches the same operations; the metrics read no value back to the host."""
+    from tvae.device_metrics import DeviceMetrics
+
+    ov = {"phases.structure_start": 1, "phases.geometry_start": 2}
+    configs = [cfg(seed=s, epochs=2, **ov, **{"data.train_fraction": 0.3 + 0.1 * s}) for s in range(6)]
+    cohort, embed, _ = _pass_inputs(configs)
+    counts = []
+    for idx in ([0, 1], list(range(6))):
+        metrics = DeviceMetrics([cohort.members[k].evals for k in idx], [cohort.members[k].train_ops for k in idx],
+                                cohort.v, cohort.device)
+        count = CountOps()
+        with torch.inference_mode(), count:
+            embeddings = embed(idx)
+            with NoHostSync():
+                metrics.values(*embeddings, cohort.c)
+        counts.append(count.n)
+    assert counts[0] == counts[1] > 100

@@ -93,3 +93,48 @@ def test_device_spearman_matches_the_numpy_one(decimals):
     assert math.isnan(float(metrics_torch.spearman_discrete(torch.from_numpy(x), torch.from_numpy(codes), 10)))
     const = torch.ones(10)
     assert math.isnan(float(metrics_torch.spearman_discrete(const, torch.arange(10), 10)))
+
+
+def test_batched_device_spearman_of_padded_rows_equals_each_row_alone():
+    """Rows of different lengths padded into one batch (``valid``): each row's correlation is the one it has
+    alone, ties and all; a row with a non-finite valid value or fewer than two valid entries gives NaN, and
+    what stands in the padding does not count."""
+    import torch
+
+    from tvae import metrics_torch
+
+    rng = np.random.default_rng(11)
+    lengths = [500, 37, 1, 500, 260]
+    x = np.round(rng.normal(size=(5, 500)), 2).astype(np.float32)        # ties
+    codes = rng.integers(0, 10, size=(5, 500))
+    x[4, 300] = np.nan                                                    # in the padding: ignored
+    x[3, 17] = np.inf                                                     # valid: the row is NaN
+    valid = np.arange(500) < np.array(lengths)[:, None]
+    got = metrics_torch.spearman_discrete(torch.from_numpy(x), torch.from_numpy(codes), 10,
+                                          valid=torch.from_numpy(valid))
+    assert got.shape == (5,) and got.dtype == torch.float64
+    for i, n in enumerate(lengths):
+        alone = metrics_torch.spearman_discrete(torch.from_numpy(x[i, :n]), torch.from_numpy(codes[i, :n]), 10)
+        if i in (2, 3):
+            assert math.isnan(float(got[i])) and math.isnan(float(alone))
+        else:
+            assert float(got[i]) == pytest.approx(metrics.spearman_discrete(x[i, :n], codes[i, :n], 10), abs=1e-12)
+            assert float(got[i]) == pytest.approx(float(alone), abs=1e-12)
+
+
+def test_batched_level_moments_count_only_the_weighted_entries():
+    import torch
+
+    from tvae import metrics_torch
+
+    rng = np.random.default_rng(3)
+    r = torch.from_numpy(rng.random((3, 200)))
+    levels = torch.from_numpy(rng.integers(0, 10, 200))
+    keep = torch.from_numpy(rng.random((3, 200)) < 0.5)
+    batched = metrics_torch.level_moments(r, levels, keep.double())
+    for i in range(3):
+        alone = metrics_torch.level_moments(r[i][keep[i]], levels[keep[i]])
+        assert torch.allclose(batched[i], alone, rtol=1e-12, atol=1e-12)
+        assert float(metrics_torch.richness(batched)[i]) == pytest.approx(float(metrics_torch.richness(alone)), rel=1e-12)
+        assert float(metrics_torch.level_mean(batched, 9)[i]) == pytest.approx(
+            float(metrics_torch.level_mean(alone, 9)), rel=1e-12, nan_ok=True)

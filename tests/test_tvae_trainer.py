@@ -140,6 +140,8 @@ def test_population_bench_prints_one_json_line_per_candidate(steps):
     for x in lines:
         assert x["trial_epochs_s"] == pytest.approx(x["population"] / x["epoch_s"], rel=1e-3)
         assert "epoch_gpu_mib_per_member" not in x      # GPU memory is measured on a GPU only
+        assert x["ops_per_epoch"] > 1000                   # an epoch's steps and evaluation, counted
+    assert lines[2]["ops_per_epoch"] > lines[1]["ops_per_epoch"]     # a second member's draws at least
 
 
 def test_learnable_curvature_receives_gradients():

@@ -12,7 +12,9 @@ medians, then one JSON line with ``train_epoch_s``, ``eval_s``, ``epoch_s``, ``d
 cohort, on the same schedule. With several K (and ``--single``, the single-run trainer as well) the
 candidates train side by side, one epoch of each in turn, so that a loaded machine slows them alike. Each prints
 a JSON line with ``population``, ``epoch_s`` (one cohort epoch, training + evaluation, median) and
-``trial_epochs_s`` (= K / epoch_s), and the process CPU seconds of the same; on a GPU also
+``trial_epochs_s`` (= K / epoch_s), the process CPU seconds of the same, and ``ops_per_epoch``: the operations
+one more (untimed) epoch dispatches to torch's kernels (on a GPU, kernel launches and views; a CUDA-graph
+replay counts as none: what should not grow with K); on a GPU also
 ``epoch_gpu_mib_per_member``: the most GPU memory one of its epochs allocated beyond what was allocated before
 it (activations, inputs, gradients, evaluation blocks), divided by K; the parameters and Adam state of one member
 take 4 × 3 bytes per parameter on top. ``--cohort-steps eager|graph`` picks how the cohort's steps run (default:
@@ -136,7 +138,8 @@ def _population(args, sizes: list[int]) -> int:
     try:
         overrides = dict(config_mod.parse_assignment(s) for s in args.sets)
         overrides.update({"phases.structure_start": 1, "phases.geometry_start": 1 + epochs // 2})
-        build = lambda seed: config_mod.build(args.preset, overrides=overrides, epochs=1 + epochs, seed=seed)  # noqa: E731
+        # the coverage epoch, the timed epochs, then one counted epoch
+        build = lambda seed: config_mod.build(args.preset, overrides=overrides, epochs=2 + epochs, seed=seed)  # noqa: E731
         graph_steps = None if args.cohort_steps is None else args.cohort_steps == "graph"
         cuda_graphs = None if args.cuda_graphs else False
         candidates: list[tuple[str, int, Any]] = [
@@ -164,22 +167,42 @@ def _population(args, sizes: list[int]) -> int:
                 peak[name] = max(peak[name], torch.cuda.max_memory_allocated() - before)
             t = engine.timings
             times[name].append((t["train_s"] + t["eval_s"], t["train_cpu_s"] + t["eval_cpu_s"]))
+    ops = {name: _count_ops(engine.train_epoch) for name, _, engine in candidates}
     med = statistics.median
     print(f"tvae.bench --population  preset={args.preset} device={args.device} threads={args.threads} "
           f"timed epochs={epochs} (side by side) load={os.getloadavg()[0]:.2f}")
-    print(f"{'engine':<16}{'K':>5}{'epoch_s':>10}{'trial-epochs/s':>16}{'cpu epoch_s':>13}{'cpu trial-ep/s':>16}")
+    print(f"{'engine':<16}{'K':>5}{'epoch_s':>10}{'trial-epochs/s':>16}{'cpu epoch_s':>13}{'cpu trial-ep/s':>16}"
+          f"{'ops/epoch':>11}")
     lines = []
     for name, k, engine in candidates:
         wall, cpu = med([w for w, _ in times[name]]), med([c for _, c in times[name]])
-        print(f"{name:<16}{k:>5}{wall:>10.4f}{k / wall:>16.3f}{cpu:>13.4f}{k / cpu:>16.3f}")
+        print(f"{name:<16}{k:>5}{wall:>10.4f}{k / wall:>16.3f}{cpu:>13.4f}{k / cpu:>16.3f}{ops[name]:>11}")
         lines.append({"engine": "single" if name == "single run" else "cohort", "population": k,
                       "epoch_s": round(wall, 5), "trial_epochs_s": round(k / wall, 4),
                       "cpu_epoch_s": round(cpu, 5), "cpu_trial_epochs_s": round(k / cpu, 4),
-                      "device": args.device, "threads": args.threads, "steps": _steps_way(engine)}
+                      "device": args.device, "threads": args.threads, "steps": _steps_way(engine),
+                      "ops_per_epoch": ops[name]}
                      | ({"epoch_gpu_mib_per_member": round(peak[name] / k / 2 ** 20, 2)} if cuda else {}))
     for line in lines:
         print(json.dumps(line))
     return 0
+
+
+def _count_ops(fn) -> int:
+    """How many operations ``fn()`` dispatches to torch's kernels (aten calls, views included): on a GPU each
+    one that is not a view is a kernel launch; a CUDA-graph replay counts as none."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as count:
+        fn()
+    return count.n
 
 
 def _steps_way(engine: Any) -> str:

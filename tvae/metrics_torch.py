@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 _SIGN = 1 << 31
+_PAD = 1 << 36        # above every (value key << 4) | code
 
 
 def monotone_keys(x: torch.Tensor) -> torch.Tensor:
@@ -20,15 +21,28 @@ def monotone_keys(x: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= _SIGN, 0xFFFFFFFF - bits, bits + _SIGN)
 
 
-def spearman_discrete(x: torch.Tensor, codes: torch.Tensor, n_codes: int) -> torch.Tensor:
+def spearman_discrete(x: torch.Tensor, codes: torch.Tensor, n_codes: int,
+                      valid: torch.Tensor | None = None) -> torch.Tensor:
     """Spearman between float values ``x`` and integer ``codes`` in [0, n_codes), n_codes <= 16; NaN when
-    either side is constant or x holds a non-finite value. No host synchronisation."""
+    either side is constant or x holds a non-finite value. No host synchronisation.
+
+    Batched: x and codes (P, L) give the P correlations at once (one sort for all), ``valid`` (P, L) saying
+    which entries of each row take part (rows of different lengths, padded); fewer than two valid entries
+    give NaN."""
     if n_codes > 16:
         raise ValueError(f"n_codes must be <= 16, got {n_codes}")
-    n = x.numel()
-    if n < 2:
-        return torch.full((), float("nan"), dtype=torch.float64, device=x.device)
-    keys, _ = torch.sort((monotone_keys(x) << 4) | codes.to(torch.int64))
+    single = x.dim() == 1
+    if single:
+        x, codes = x.unsqueeze(0), codes.unsqueeze(0)
+        valid = None if valid is None else valid.unsqueeze(0)
+    P, L = x.shape
+    if L < 2:
+        out = torch.full((P,), float("nan"), dtype=torch.float64, device=x.device)
+        return out[0] if single else out
+    keys = (monotone_keys(x) << 4) | codes.to(torch.int64)
+    if valid is not None:        # padding sorts after every value (keys of values are below 2^36)
+        keys = torch.where(valid, keys, _PAD)
+    keys, _ = torch.sort(keys, dim=-1)
     grp = keys & 15
     value = keys >> 4
     # average rank of every sorted position: a run of equal values occupies positions [first, end), so its
@@ -37,16 +51,28 @@ def spearman_discrete(x: torch.Tensor, codes: torch.Tensor, n_codes: int) -> tor
     first = torch.searchsorted(value, value, side="left")
     end = torch.searchsorted(value, value, side="right")
     rank_x = (first + end + 1).to(torch.float64) / 2
+    if valid is None:
+        n = torch.full((P, 1), float(L), dtype=torch.float64, device=x.device)
+        used = None
+    else:
+        n = valid.sum(-1, keepdim=True).to(torch.float64)
+        used = torch.arange(L, device=x.device) < n           # the sorted positions of valid entries
+        rank_x = rank_x * used
     mean = (n + 1) / 2
-    var_x = ((rank_x - mean) ** 2).sum()
-    sum_x = rank_x @ one_hot(grp, n_codes)                           # rank sum per code
-    cnt_y = one_hot(codes, n_codes).sum(0)
-    rank_y = torch.cumsum(cnt_y, 0) - cnt_y + (cnt_y + 1) / 2
-    cov = ((rank_y - mean) * (sum_x - cnt_y * mean)).sum()
-    var_y = (cnt_y * (rank_y - mean) ** 2).sum()
+    dev_x = rank_x - mean if used is None else (rank_x - mean) * used
+    var_x = (dev_x ** 2).sum(-1)
+    # rank sum and count per code, code by code (a one-hot of (P, L, n_codes) float64 would be large)
+    per_code = [grp == k if used is None else (grp == k) & used for k in range(n_codes)]
+    sum_x = torch.stack([(rank_x * is_k).sum(-1) for is_k in per_code], -1)
+    cnt_y = torch.stack([is_k.sum(-1) for is_k in per_code], -1).to(torch.float64)
+    rank_y = torch.cumsum(cnt_y, -1) - cnt_y + (cnt_y + 1) / 2
+    cov = ((rank_y - mean) * (sum_x - cnt_y * mean)).sum(-1)
+    var_y = (cnt_y * (rank_y - mean) ** 2).sum(-1)
     den = torch.sqrt(var_x * var_y)
-    ok = (den > 0) & torch.isfinite(x).all()
-    return torch.where(ok, cov / torch.where(den > 0, den, 1.0), float("nan"))
+    finite = torch.isfinite(x) if valid is None else torch.isfinite(x) | ~valid
+    ok = (den > 0) & finite.all(-1) & (n.squeeze(-1) >= 2)
+    out = torch.where(ok, cov / torch.where(den > 0, den, 1.0), float("nan"))
+    return out[0] if single else out
 
 
 def one_hot(codes: torch.Tensor, n_codes: int) -> torch.Tensor:
@@ -54,23 +80,26 @@ def one_hot(codes: torch.Tensor, n_codes: int) -> torch.Tensor:
     return (codes.to(torch.int64).unsqueeze(1) == torch.arange(n_codes, device=codes.device)).to(torch.float64)
 
 
-def level_moments(radius: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """(10, 3): count, sum and sum of squares of ``radius`` (float64) per valuation level."""
+def level_moments(radius: torch.Tensor, levels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(10, 3): count, sum and sum of squares of ``radius`` (float64) per valuation level. Batched: radius (P, N)
+    with ``weight`` (P, N) (1 for the entries that count, 0 for the others) gives (P, 10, 3)."""
     r = radius.to(torch.float64)
-    return one_hot(levels, 10).T @ torch.stack([torch.ones_like(r), r, r * r], 1)
+    w = torch.ones_like(r) if weight is None else weight.to(torch.float64)
+    wr = w * r
+    return one_hot(levels, 10).T @ torch.stack([w, wr, wr * r], -1)
 
 
 def richness(moments: torch.Tensor) -> torch.Tensor:
     """`metrics.richness` from `level_moments`: mean over levels with >= 2 members of the within-level variance."""
-    cnt, s1, s2 = moments.unbind(1)
+    cnt, s1, s2 = moments.unbind(-1)
     ok = cnt >= 2
     safe = torch.where(ok, cnt, 1.0)
     var = torch.clamp_min(s2 / safe - (s1 / safe) ** 2, 0.0)
-    n_ok = ok.sum()
-    return torch.where(n_ok > 0, (var * ok).sum() / n_ok.clamp_min(1), float("nan"))
+    n_ok = ok.sum(-1)
+    return torch.where(n_ok > 0, (var * ok).sum(-1) / n_ok.clamp_min(1), float("nan"))
 
 
 def level_mean(moments: torch.Tensor, level: int) -> torch.Tensor:
     """`metrics.level_mean` from `level_moments` (in float64); NaN for an empty level."""
-    cnt, s1 = moments[level, 0], moments[level, 1]
+    cnt, s1 = moments[..., level, 0], moments[..., level, 1]
     return torch.where(cnt > 0, s1 / cnt.clamp_min(1), float("nan"))

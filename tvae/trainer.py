@@ -14,8 +14,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from tvae import checkpoint, config as config_mod, data, losses, metrics, metrics_torch, radius_terms
+from tvae import checkpoint, config as config_mod, data, losses, metrics, radius_terms
 from tvae.config import Config
+from tvae.device_metrics import NAMES as DEVICE_METRICS, DeviceMetrics
 from tvae.execution import Execution
 from tvae.geometry import distance, log0, radius
 from tvae.homeostasis import Homeostasis
@@ -29,8 +30,6 @@ PHASES = ("coverage", "structure", "geometry")
 TERMS = ("recon", "kl", "hierarchy", "richness", "separation", "radial", "rank", "zero", "geodesic")
 SPLIT_METRICS = ("coverage", "hierarchy_A", "hierarchy_B", "richness_A", "richness_B", "dist_corr",
                  "padic_dist_corr", "Q", "r_v0", "r_v9")
-# what `_SplitEval.device_metrics` returns, in order (Q is derived on the host)
-DEVICE_METRICS = tuple(name for name in SPLIT_METRICS if name != "Q")
 # which way is better, for best_<metric>
 BEST_DIRECTION = {"coverage": max, "hierarchy_A": min, "hierarchy_B": min, "dist_corr": max,
                   "padic_dist_corr": max, "Q": max}
@@ -99,10 +98,10 @@ def phase_of(cfg: Config, epoch: int) -> str:
 
 
 class _SplitEval:
-    """Fixed, seeded metric samples of one split (positions are into the split's sorted index array)."""
+    """Fixed, seeded metric samples of one split (positions are into the split's sorted index array); the host's
+    metrics read them here, `tvae.device_metrics.DeviceMetrics` copies them to the device."""
 
-    def __init__(self, ops: torch.Tensor, v_all: np.ndarray, cfg: Config, salt: int, device: torch.device,
-                 on_device: bool):
+    def __init__(self, ops: torch.Tensor, v_all: np.ndarray, cfg: Config, salt: int, device: torch.device):
         self.ops = ops.numpy()
         self.v = v_all[self.ops]
         rng = np.random.default_rng([cfg.eval.seed, salt])
@@ -120,52 +119,11 @@ class _SplitEval:
             self.pi = self.pj = None
         if self.pi is not None:       # pair indices on the evaluation's device, copied there once
             self.pi_t, self.pj_t = torch.from_numpy(self.pi).to(device), torch.from_numpy(self.pj).to(device)
-        # GPU: every metric is computed on the device (tvae/metrics_torch.py); its inputs live there
-        if on_device:
-            as_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-            self.ops_t, self.v_t = as_dev(self.ops), as_dev(self.v.astype(np.int64))
-            if self.dist is not None:
-                self.dist_ops = as_dev(self.ops[self.dist.positions])
-                self.dist_iu, self.dist_ju = as_dev(self.dist.iu.astype(np.int64)), as_dev(self.dist.ju.astype(np.int64))
-                self.dist_codes = as_dev(self.dist.dv.astype(np.int64))
-            if self.pi is not None:
-                self.padic_codes_dev = as_dev(self.padic_codes)
-
-    def device_metrics(self, r_A: torch.Tensor, r_B: torch.Tensor, correct: torch.Tensor, z_B: torch.Tensor,
-                       c: torch.Tensor) -> torch.Tensor:
-        """This split's DEVICE_METRICS as one float64 tensor (in that order), without a host sync; coverage
-        as the count of decoded operations (CUDA divides by a scalar as a product with its reciprocal, which
-        made 19683 / 19683 = 0.9999999999999999)."""
-        nan = torch.full((), float("nan"), dtype=torch.float64, device=r_B.device)
-        ra, rb = r_A[self.ops_t], r_B[self.ops_t]
-        moments_A, moments_B = metrics_torch.level_moments(ra, self.v_t), metrics_torch.level_moments(rb, self.v_t)
-        dist = padic = nan
-        if self.dist is not None:
-            r_s = r_B[self.dist_ops]
-            dist = metrics_torch.spearman_discrete((r_s[self.dist_iu] - r_s[self.dist_ju]).abs(), self.dist_codes, 10)
-        if self.pi is not None:
-            padic = metrics_torch.spearman_discrete(distance(z_B[self.pi_t], z_B[self.pj_t], c),
-                                                    self.padic_codes_dev, 10)
-        return torch.stack([
-            correct[self.ops_t].sum().to(torch.float64),      # a count: divided on the host (see below)
-            metrics_torch.spearman_discrete(ra, self.v_t, 10), metrics_torch.spearman_discrete(rb, self.v_t, 10),
-            metrics_torch.richness(moments_A), metrics_torch.richness(moments_B),
-            dist, padic, metrics_torch.level_mean(moments_B, 0), metrics_torch.level_mean(moments_B, 9)])
-
-
-def packed_device_metrics(evals: Mapping[str, _SplitEval], train_ops: torch.Tensor, mu_B: torch.Tensor,
-                          z_B: torch.Tensor, r_A: torch.Tensor, r_B: torch.Tensor, correct: torch.Tensor,
-                          c: torch.Tensor) -> torch.Tensor:
-    """`host_metrics`' numbers of one model computed on the embeddings' device without a host sync, packed in one
-    float64 tensor (each split's DEVICE_METRICS, then the d x d Gram matrix of the training means); evals built
-    with ``on_device``. `unpack_device_metrics` turns it into the row entries."""
-    train_mu_B = mu_B[train_ops]
-    gram = (train_mu_B.T @ train_mu_B).to(torch.float64).reshape(-1)
-    return torch.cat([ev.device_metrics(r_A, r_B, correct, z_B, c) for ev in evals.values()] + [gram])
 
 
 def unpack_device_metrics(values: np.ndarray, evals: Mapping[str, _SplitEval]) -> dict[str, float]:
-    """The row entries (as `host_metrics` names them) of a `packed_device_metrics` read back to the host."""
+    """The row entries (as `host_metrics` names them) of one model's `DeviceMetrics` values read back to the
+    host (`DeviceMetrics.model_values`)."""
     out: dict[str, float] = {}
     per_split = len(DEVICE_METRICS)
     for k, (split, ev) in enumerate(evals.items()):
@@ -296,9 +254,11 @@ class TernaryRun:
         a = cfg.loss.a_path_weight
         self.path_weights = torch.tensor([a, 1.0] if a != 0.0 else [1.0], device=dev)
         self.radius_weights = {phase: self._make_radius_weights(phase) for phase in ("structure", "geometry")}
-        self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1, dev, ex.device_metrics)}
+        self.evals = {"train": _SplitEval(self.split.train, self.v_np, cfg, 1, dev)}
         if len(self.split.heldout):
-            self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev, ex.device_metrics)
+            self.evals["heldout"] = _SplitEval(self.split.heldout, self.v_np, cfg, 2, dev)
+        self.device_metrics = (DeviceMetrics([self.evals], [self.train_ops], self.v, dev) if ex.device_metrics
+                               else None)
 
         # --- model, optimiser, homeostasis (seeded by the trial seed; the caller's generators are left as they were)
         outer_rng = self._capture_rng()
@@ -737,8 +697,8 @@ class TernaryRun:
         as one CUDA graph per (phase, frozen encoders), like the training steps."""
         def metrics_fn(frozen_mu: dict[str, torch.Tensor]) -> tuple[torch.Tensor]:
             c = self.model.curvature()
-            mu_B, z_B, r_A, r_B, correct = self._embed_all(phase, c, frozen_mu)
-            return (packed_device_metrics(self.evals, self.train_ops, mu_B, z_B, r_A, r_B, correct, c),)
+            embeddings = self._embed_all(phase, c, frozen_mu)
+            return (self.device_metrics.values(*(t.unsqueeze(0) for t in embeddings), c),)
 
         frozen_mu = self._frozen_mu(phase)
         if self.graphs is None:
@@ -746,7 +706,7 @@ class TernaryRun:
         else:
             key = ("evaluation", phase, tuple(sorted(frozen_mu)))
             packed, = self.graphs.run(key, metrics_fn, frozen_mu)
-        return unpack_device_metrics(packed.cpu().numpy(), self.evals)
+        return unpack_device_metrics(self.device_metrics.model_values(packed.cpu().numpy(), 0), self.evals)
 
     def _evaluate_on_host(self, phase: str) -> dict[str, float]:
         """CPU: the embeddings in torch, the metrics in numpy (`host_metrics`)."""

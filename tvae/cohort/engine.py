@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tvae import checkpoint, config as config_mod, data, radius_terms
 from tvae.cohort import losses
 from tvae.cohort.adam import CohortAdam
-from tvae.cohort.evaluation import MEMBERS_PER_PASS, embed_all
+from tvae.cohort.evaluation import embed_all, members_per_pass
 from tvae.cohort.members import check_compatible
 from tvae.cohort.randomness import Site, StepRandom
 from tvae.cohort.stacked import MODULES, Layout, StackedTernaryVAE
@@ -41,8 +41,9 @@ from tvae.geometry import radius
 from tvae.homeostasis import Homeostasis
 from tvae.losses import level_targets
 from tvae.schedules import cosine, lr_factor
-from tvae.trainer import (TERMS, _SplitEval, host_metrics, packed_device_metrics, phase_of, summary_of,
-                          unpack_device_metrics, update_bests)
+from tvae.device_metrics import DeviceMetrics
+from tvae.trainer import (TERMS, _SplitEval, host_metrics, phase_of, summary_of, unpack_device_metrics,
+                          update_bests)
 
 COHORT_VERSION = 1
 CHECKPOINT_FILE = "cohort.pt"
@@ -188,15 +189,16 @@ class Cohort:
         self.flat = torch.stack([self.layout.initial_row(c.model, c.seed) for c in configs]).to(dev)
         self.adam = CohortAdam(len(configs), self.layout.n, self.layout.segments, dev)
         self.timings: dict[str, float] = {}
+        self._pass_metrics: dict[tuple[int, ...], DeviceMetrics] = {}
 
     def _member(self, cfg: Config) -> Member:
         dev = self.device
         split = data.make_split(cfg.data)
         sampler = data.StratifiedSampler(split.train, cfg.data.batch_size, cfg.data.high_v_budget_ratio,
                                          cfg.data.high_v_min_level).to(dev)
-        evals = {"train": _SplitEval(split.train, self.v_np, cfg, 1, dev, self.device_metrics)}
+        evals = {"train": _SplitEval(split.train, self.v_np, cfg, 1, dev)}
         if len(split.heldout):
-            evals["heldout"] = _SplitEval(split.heldout, self.v_np, cfg, 2, dev, self.device_metrics)
+            evals["heldout"] = _SplitEval(split.heldout, self.v_np, cfg, 2, dev)
         present = (sampler.draws_per_level > 0).nonzero().flatten()
         lo, hi = present[:-1], present[1:]
         eye = torch.eye(data.N_LEVELS)
@@ -481,47 +483,71 @@ class Cohort:
         """Every structure (or geometry) step of ``members`` (their ``phases``): each draws its own batches (S, B)
         from its sampler; B, and so the numbers of loss pairs min(n_pairs, B(B-1)/2), is the group's batch size.
         When some members are in the geometry phase, every member has geodesic pairs: a structure-phase member
-        draws none (its random numbers stay its own) and takes fixed pairs whose term its zero weight cancels."""
+        draws none (its random numbers stay its own) and takes fixed pairs whose term its zero weight cancels.
+        Only the draws are made member by member; what follows from them is computed for the group at once
+        (steps of a member with fewer repeat its last one, which it sits out), so the number of operations does
+        not grow with the members beyond their draws."""
         L = self.shared.loss
         geometry = "geometry" in phases
-        per, n_steps = [], []
+        draws, n_steps = [], []
+        B = None
         for i, m in enumerate(members):
             batches = m.sampler.epoch_batches(m.gen)                               # (S, B)
             S, B = batches.shape
-            flat = batches.reshape(-1)
-            take = lambda t: t.index_select(0, flat).view(S, B, *t.shape[1:])  # noqa: E731
-            v_b = take(self.v)
-            onehot = F.one_hot(v_b, 10).float()
-            counts = onehot.sum(1)
-            n0 = take(self.zero_count)
-            d = {"x": take(self.trits), "cls": take(self.classes), "v": v_b, "onehot": onehot,
-                 "present": (counts > 0).float(), "var_levels": (counts > 1).float(), "r_orig": take(m.r_orig),
-                 "n0_std": (n0 - n0.mean(1, keepdim=True)) / (n0.std(1, keepdim=True) + 1e-8),
-                 "zero_t": take(self.zero_target)}
+            d = {"batches": batches}
             d["rad_i"], d["rad_j"] = self._pairs(m.gen, S, B, min(L.radial.n_pairs, B * (B - 1) // 2))
             d["rank_i"], d["rank_j"] = self._pairs(m.gen, S, B, min(L.rank.n_pairs, B * (B - 1)))
-            consts = radius_terms.step_constants(v_b, onehot, counts, d["present"], d["var_levels"], d["r_orig"],
-                                                 d["rad_i"], d["rad_j"], d["rank_i"], d["rank_j"], self.levels,
-                                                 _delta_temperature(m.cfg))
-            d.update({k: consts[k] for k in ("t_v", "w_v", "rad_gap", "rad_w", "rank_w", "rank_s", "inv_counts",
-                                             "inv_counts1", "present_w", "var_w", "inv_var_orig")})
-            d["sep"] = m.sep.expand(S, *m.sep.shape)
-            d["sep_valid"] = m.sep_valid.expand(S, *m.sep_valid.shape)
             n_geo = min(L.geodesic.n_pairs, B * (B - 1) // 2)
             if phases[i] == "geometry":
-                gi, gj = self._pairs(m.gen, S, B, n_geo)
-                pv = self.pair_valuation[(torch.gather(batches, 1, gi) - torch.gather(batches, 1, gj)).abs()]
-                d["geo_i"], d["geo_j"] = gi, gj
-                d["geo_t"] = m.cfg.loss.geodesic.max_target_distance * torch.exp(-pv.float() / m.cfg.loss.geodesic.valuation_scale)
+                d["geo_i"], d["geo_j"] = self._pairs(m.gen, S, B, n_geo)
             elif geometry:
                 pos = torch.arange(n_geo, device=self.device) % B
                 d["geo_i"], d["geo_j"] = pos.expand(S, n_geo), ((pos + 1) % B).expand(S, n_geo)
-                d["geo_t"] = torch.zeros(S, n_geo, device=self.device)
-            for name, (mu, lv) in cached.items():
-                d[f"mu_{name[-1]}"], d[f"lv_{name[-1]}"] = take(mu[i]), take(lv[i])
-            per.append(d)
+            draws.append(d)
             n_steps.append(S)
-        return {"steps": self._stack_steps(per, n_steps)}, n_steps
+        drawn = self._stack_steps(draws, n_steps)                                  # (K, S, ...)
+        batches = drawn.pop("batches")
+        K, S = batches.shape[:2]
+        flat = batches.reshape(K, S * B)
+
+        def take(t: torch.Tensor) -> torch.Tensor:     # a table of every operation -> (K, S, B, ...)
+            return t.index_select(0, flat.reshape(-1)).view(K, S, B, *t.shape[1:])
+
+        def take_own(t: torch.Tensor) -> torch.Tensor:    # (K, N, ...) per member -> (K, S, B, ...)
+            index = flat.view(K, S * B, *([1] * (t.dim() - 2))).expand(K, S * B, *t.shape[2:])
+            return t.gather(1, index).view(K, S, B, *t.shape[2:])
+
+        v_b = take(self.v)
+        onehot = F.one_hot(v_b, 10).float()
+        counts = onehot.sum(2)
+        n0 = take(self.zero_count)
+        d = {"x": take(self.trits), "cls": take(self.classes), "v": v_b, "onehot": onehot,
+             "present": (counts > 0).float(), "var_levels": (counts > 1).float(),
+             "r_orig": take_own(torch.stack([m.r_orig for m in members])),
+             "n0_std": (n0 - n0.mean(2, keepdim=True)) / (n0.std(2, keepdim=True) + 1e-8),
+             "zero_t": take(self.zero_target)}
+        d.update(drawn)
+        steps = lambda t: t.reshape(K * S, *t.shape[2:])                     # noqa: E731  (K, S, ...) -> (KS, ...)
+        consts = radius_terms.step_constants(*(steps(d[k]) for k in ("v", "onehot")), steps(counts),
+                                             *(steps(d[k]) for k in ("present", "var_levels", "r_orig", "rad_i",
+                                                                      "rad_j", "rank_i", "rank_j")),
+                                             self.levels, _delta_temperature(self.shared))
+        d.update({k: consts[k].view(K, S, *consts[k].shape[1:])
+                  for k in ("t_v", "w_v", "rad_gap", "rad_w", "rank_w", "rank_s", "inv_counts", "inv_counts1",
+                            "present_w", "var_w", "inv_var_orig")})
+        d["sep"] = torch.stack([m.sep for m in members]).unsqueeze(1).expand(K, S, *members[0].sep.shape)
+        d["sep_valid"] = torch.stack([m.sep_valid for m in members]).unsqueeze(1).expand(
+            K, S, *members[0].sep_valid.shape)
+        if geometry:
+            pv = self.pair_valuation[(batches.gather(2, d["geo_i"]) - batches.gather(2, d["geo_j"])).abs()]
+            col = lambda values: torch.tensor(values, device=self.device).view(K, 1, 1)  # noqa: E731
+            geo = [m.cfg.loss.geodesic for m in members]
+            t = col([g.max_target_distance for g in geo]) * torch.exp(-pv.float() / col([g.valuation_scale
+                                                                                        for g in geo]))
+            d["geo_t"] = torch.where(col([phase == "geometry" for phase in phases]), t, 0.0)
+        for name, (mu, lv) in cached.items():
+            d[f"mu_{name[-1]}"], d[f"lv_{name[-1]}"] = take_own(mu), take_own(lv)
+        return {"steps": d}, n_steps
 
     def _weights(self, members: list[Member], phases: list[str]) -> dict[str, torch.Tensor]:
         """Each member's loss scalars as (K,) tensors; in the geometry phase the radial weight is halved and the
@@ -623,11 +649,14 @@ class Cohort:
         metrics_rows = self._evaluate(ok)
         pos = {k: i for i, k in enumerate(active)}
         segs = self.layout.segments
-        for k in ok:
+        # every member's weight norms and update ratio at once, read back in one transfer
+        rows_before = [pos[k] for k in ok]
+        after = self.flat if ok == list(range(len(self))) else self.flat[ok]
+        prev = before if rows_before == list(range(len(before))) else before[rows_before]
+        all_norms = torch.stack([after.norm(dim=1), (after - prev).norm(dim=1) / prev.norm(dim=1).clamp_min(1e-12)]
+                                + [after[:, a:b].norm(dim=1) for a, b in segs.values()], 1).tolist()
+        for k, norms in zip(ok, all_norms):
             m, st = self.members[k], stats[k]
-            after, prev = self.flat[k], before[pos[k]]
-            norms = torch.stack([after.norm(), (after - prev).norm() / prev.norm().clamp_min(1e-12)]
-                                + [after[a:b].norm() for a, b in segs.values()]).tolist()
             row: dict[str, Any] = {"epoch": m.epoch, "phase": st["phase"]}
             row.update(metrics_rows[k])
             row["loss"] = sum(st["terms"])
@@ -651,9 +680,11 @@ class Cohort:
 
     def _evaluate(self, idx: list[int]) -> dict[int, dict[str, float]]:
         out: dict[int, dict[str, float]] = {}
+        on_device: list[tuple[list[int], DeviceMetrics, torch.Tensor]] = []
         with torch.inference_mode():
-            for start in range(0, len(idx), MEMBERS_PER_PASS):
-                part = idx[start:start + MEMBERS_PER_PASS]
+            per_pass = members_per_pass(self.device)
+            for start in range(0, len(idx), per_pass):
+                part = idx[start:start + per_pass]
                 params = self.layout.views(self.flat[part])
                 coverage = [self.members[k].phase() == "coverage" for k in part]
                 frozen_mu = {}
@@ -662,19 +693,30 @@ class Cohort:
                         frozen_mu[name[-1]] = torch.stack([self.members[k].cache[name][0] for k in part])
                 mu_B, z_B, r_A, r_B, correct = embed_all(self.model, params, self.trits, self.classes, coverage,
                                                          self.c, frozen_mu)
-                members = [self.members[k] for k in part]
-                if self.device_metrics:     # every member's numbers on the device, read back in one transfer
-                    packed = [packed_device_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i],
-                                                    self.c) for i, m in enumerate(members)]
-                    ends = np.cumsum([len(p) for p in packed]).tolist()
-                    values = torch.cat(packed).cpu().numpy()
-                    for k, m, end, p in zip(part, members, ends, packed):
-                        out[k] = unpack_device_metrics(values[end - len(p):end], m.evals)
+                if self.device_metrics:     # the pass's metrics in one batched computation, read back below
+                    metrics = self._device_metrics(tuple(part))
+                    on_device.append((part, metrics, metrics.values(mu_B, z_B, r_A, r_B, correct, self.c)))
                 else:
-                    for i, (k, m) in enumerate(zip(part, members)):
+                    for i, k in enumerate(part):
+                        m = self.members[k]
                         out[k] = host_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i],
                                               self.c)
+            if on_device:                   # every pass's numbers in one transfer
+                values = torch.cat([v for _, _, v in on_device]).cpu().numpy()
+                row = 0
+                for part, metrics, _ in on_device:
+                    for i, k in enumerate(part):
+                        out[k] = unpack_device_metrics(metrics.model_values(values[row:row + len(part)], i),
+                                                       self.members[k].evals)
+                    row += len(part)
         return out
+
+    def _device_metrics(self, part: tuple[int, ...]) -> DeviceMetrics:
+        """The device metrics of one evaluation pass's members (built once per set of members)."""
+        if part not in self._pass_metrics:
+            self._pass_metrics[part] = DeviceMetrics([self.members[k].evals for k in part],
+                                                     [self.members[k].train_ops for k in part], self.v, self.device)
+        return self._pass_metrics[part]
 
     def summary(self, k: int) -> dict[str, Any]:
         """What ``final.json`` holds for member k: the single run's summary plus its ``status`` (and ``error``)."""

@@ -1,5 +1,6 @@
 """Evaluation of K members over all 19,683 operations: one stacked forward pass (eval mode, no noise, the
-means), then each member's metrics on the host (`tvae.trainer.host_metrics`, the single run's definitions)."""
+means); the engine then computes the metrics, each member's on the host (`tvae.trainer.host_metrics`) or a whole
+pass's at once on the device (`tvae.device_metrics`)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,20 +8,33 @@ from typing import Sequence
 import torch
 
 from tvae.cohort.stacked import StackedTernaryVAE
+from tvae.data import N_OPS
 from tvae.geometry import radius
 
-MEMBERS_PER_PASS = 16    # members evaluated together
-MEMBER_ROWS_PER_BLOCK = 32768   # members x operations per block: bounds a block's activations (x 256 floats)
+# members evaluated together, per device type: on a GPU an evaluation's kernels are counted per pass, so passes
+# are larger there (`tvae.device_metrics` computes a whole pass's metrics in one batched set of kernels)
+MEMBERS_PER_PASS = {"cpu": 16, "cuda": 64}
+# members x operations per block, bounding a block's activations (x 256 floats): on a CPU blocks of 32 MiB
+# activations; on a GPU a whole pass in one block (about 1.3 GiB an activation), so that the number of kernels
+# of a pass does not grow with its members
+MEMBER_ROWS_PER_BLOCK = {"cpu": 32768, "cuda": MEMBERS_PER_PASS["cuda"] * N_OPS}
+
+
+def members_per_pass(device: torch.device) -> int:
+    return MEMBERS_PER_PASS.get(device.type, MEMBERS_PER_PASS["cpu"])
 
 
 def embed_all(model: StackedTernaryVAE, params: dict[str, torch.Tensor], trits: torch.Tensor,
               classes: torch.Tensor, coverage: Sequence[bool], c: torch.Tensor,
-              frozen_mu: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+              frozen_mu: dict[str, torch.Tensor], rows_per_block: int | None = None) -> tuple[torch.Tensor, ...]:
     """mu_B, z_B, r_A, r_B and decoder-correctness of every operation for each member (leading axis K), computed
     in blocks of operations (fewer, larger blocks for fewer members). A member in the coverage phase has B tied to A (mu_B = mu_A, z_B = z_A), as the
     single run evaluates it. ``frozen_mu``: ``"A"``/``"B"`` -> (K, N, d) means of an encoder frozen for every
-    member (not recomputed)."""
-    rows = max(1024, MEMBER_ROWS_PER_BLOCK // len(coverage))     # one block for a single member
+    member (not recomputed). ``rows_per_block``: members x operations per block (default: the device's
+    `MEMBER_ROWS_PER_BLOCK`)."""
+    if rows_per_block is None:
+        rows_per_block = MEMBER_ROWS_PER_BLOCK.get(trits.device.type, MEMBER_ROWS_PER_BLOCK["cpu"])
+    rows = max(1024, rows_per_block // len(coverage))     # one block for a single member
     parts = [_embed_block(model, params, trits[i:i + rows], classes[i:i + rows], coverage, c,
                           {k: v[:, i:i + rows] for k, v in frozen_mu.items()})
              for i in range(0, len(trits), rows)]
