@@ -340,7 +340,7 @@ def test_hand_written_gradients_match_autograd():
     members = cohort.members
     for k in range(2):
         cohort._begin_structure(k)
-    inp, _ = cohort._structure_inputs(members, ["geometry"] * 2, {})
+    inp, _ = cohort._structure_inputs(members, ["geometry"] * 2, {}, *cohort._draw_structure(members, ["geometry"] * 2))
     step = {k: v[:, 0] for k, v in inp["steps"].items()}
     w = cohort._weights(members, ["geometry"] * 2)
     z = (torch.randn(2, 2, step["x"].shape[1], 16, generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_()
@@ -445,3 +445,39 @@ def test_an_evaluation_pass_launches_as_many_kernels_for_any_number_of_members()
                 metrics.values(*embeddings, cohort.c)
         counts.append(count.n)
     assert counts[0] == counts[1] > 100
+
+
+def test_graph_form_draws_each_members_batches_from_its_key_alone_as_in_a_group():
+    """Steps in graph form draw a structure epoch's batches and loss pairs for the whole group from counter-based
+    numbers of each member's key: the same draws alone and beside members with other training splits (other
+    pools, slot layouts, numbers of steps), each batch laid out by the member's stratified sampler."""
+    ov = {"phases.structure_start": 1, "phases.geometry_start": 1, "data.batch_size": 16}
+    configs = [cfg(seed=0, epochs=2, **ov, **{"data.train_fraction": 0.1}),              # 18 slots: keeps 16
+               cfg(seed=1, epochs=2, **ov, **{"data.split": "valuation", "data.split_level_min": 3}),  # 15 + 1
+               cfg(seed=2, epochs=2, **ov, **{"data.split": "trit"})]                     # 18 slots: keeps 16
+    cohort = Cohort(configs, graph_steps=True)
+    samplers = [m.sampler for m in cohort.members]
+    assert [len(s.slot_offset) > 16 for s in samplers] == [True, False, True]
+    phases = ["geometry", "structure", "geometry"]
+    keys = torch.tensor([11, 2 ** 40 + 3, 7])
+    together, n_steps = cohort._draw_structure_by_counter([0, 1, 2], phases, keys)
+    assert n_steps == [s.n_batches for s in samplers] and len(set(n_steps)) == 3
+    for k, (m, s) in enumerate(zip(cohort.members, samplers)):
+        alone, (S,) = cohort._draw_structure_by_counter([k], phases[k:k + 1], keys[k:k + 1])
+        assert S == n_steps[k] and alone.keys() <= together.keys()
+        for name, value in alone.items():
+            assert torch.equal(value[0, :S], together[name][k, :S]), (k, name)
+        batches = alone["batches"][0]
+        assert torch.isin(batches, m.train_ops).all()
+        levels = cohort.v[batches]                                                  # (S, 16)
+        layout = cohort.v[s.sorted_train[s.slot_offset[:s.n_slots]]]              # each real slot's level
+        if len(s.slot_offset) > 16:     # a random 16 of its slots per batch: no level above its share
+            per_level = torch.nn.functional.one_hot(levels, 10).sum(1)
+            assert (per_level <= torch.nn.functional.one_hot(layout, 10).sum(0)).all()
+        else:                           # every slot in order, the padding slot from anywhere
+            assert torch.equal(levels[:, :s.n_slots], layout.expand(S, -1))
+        for a, b in (("rad_i", "rad_j"), ("rank_i", "rank_j")) + ((("geo_i", "geo_j"),) if k != 1 else ()):
+            i, j = alone[a][0], alone[b][0]
+            assert (i != j).all() and i.min() >= 0 and max(i.max(), j.max()) < 16
+    other, _ = cohort._draw_structure_by_counter([0], phases[:1], keys[:1] + 1)
+    assert not torch.equal(other["batches"], together["batches"][:1])

@@ -33,7 +33,7 @@ from tvae.cohort import losses
 from tvae.cohort.adam import CohortAdam
 from tvae.cohort.evaluation import embed_all, members_per_pass
 from tvae.cohort.members import check_compatible
-from tvae.cohort.randomness import Site, StepRandom
+from tvae.cohort.randomness import Site, StepRandom, counter_bits, counter_bits_at, uniform_below
 from tvae.cohort.stacked import MODULES, Layout, StackedTernaryVAE
 from tvae.config import Config
 from tvae.cuda_graphs import EpochGraphs
@@ -48,6 +48,7 @@ from tvae.trainer import (TERMS, _SplitEval, host_metrics, phase_of, summary_of,
 COHORT_VERSION = 1
 CHECKPOINT_FILE = "cohort.pt"
 MAX_GRAPHS = 16          # captured group shapes kept at once (each graph holds its own memory pool)
+DATA_STREAMS = 0xFFFF0000    # graph form: the counter streams of an epoch's batches and pairs (steps use 0, 1, ...)
 
 
 class Status:
@@ -137,6 +138,7 @@ class _GroupPlan:
     weights: dict[str, torch.Tensor]           # each member's loss scalars, (K,) each
     inputs: dict[str, Any]                     # "steps": name -> (K, S, ...) tensors; "pull" in the coverage phase
     max_norm: torch.Tensor                     # (K,) clipping norms
+    keys: torch.Tensor | None = None           # graph form: (K,) the members' random keys of this epoch
 
 
 class Cohort:
@@ -190,6 +192,7 @@ class Cohort:
         self.adam = CohortAdam(len(configs), self.layout.n, self.layout.segments, dev)
         self.timings: dict[str, float] = {}
         self._pass_metrics: dict[tuple[int, ...], DeviceMetrics] = {}
+        self._samplers: dict[tuple[int, ...], dict[str, Any]] = {}       # graph form: groups' stacked samplers
 
     def _member(self, cfg: Config) -> Member:
         dev = self.device
@@ -307,14 +310,20 @@ class Cohort:
                 if name in modules or kind == "coverage":
                     m.cache.pop(name, None)
         rates = [module_rates(m.cfg, m.epoch, kind) for m in members]
+        # graph form: each member's one draw from its generator this epoch, the key of its counter-based numbers
+        keys = (torch.stack([torch.randint(0, 2 ** 62, (), device=self.device, generator=m.gen) for m in members])
+                if self.graph_steps else None)
         if kind == "coverage":
             inp, n_steps = self._coverage_inputs(members, batch_size)
         else:
             cached = {name: self._frozen_outputs(idx, name) for name in ("encoder_A", "encoder_B") if frozen[name]}
-            inp, n_steps = self._structure_inputs(members, phases, cached)
+            draws = (self._draw_structure(members, phases) if keys is None
+                     else self._draw_structure_by_counter(idx, phases, keys))
+            inp, n_steps = self._structure_inputs(members, phases, cached, *draws)
         plan = _GroupPlan(kind=kind, modules=modules, sites=self._sites(kind, frozen, inp), steps=max(n_steps),
                           n_steps=n_steps, weights=self._weights(members, phases), inputs=inp,
-                          max_norm=torch.tensor([m.cfg.optim.max_grad_norm for m in members], device=self.device))
+                          max_norm=torch.tensor([m.cfg.optim.max_grad_norm for m in members], device=self.device),
+                          keys=keys)
         if self.graph_steps:
             sums, grad_sum = self._train_group_in_graph_form(idx, plan, rates)
         else:
@@ -355,11 +364,11 @@ class Cohort:
         synchronisation: counter-based random numbers (`StepRandom.draw_counter`), the masked Adam of all members
         (`CohortAdam.masked_step`). On CUDA the function is captured once per group shape and replayed as one CUDA
         graph (`tvae.cuda_graphs.EpochGraphs`); elsewhere it runs as a plain call (the tests' way)."""
-        dev, members = self.device, [self.members[k] for k in idx]
+        dev = self.device
         sel = torch.as_tensor(idx, device=dev)
         inputs = {"flat": self.flat[sel], "exp_avg": self.adam.exp_avg[sel], "exp_avg_sq": self.adam.exp_avg_sq[sel],
                   "adam_steps": self.adam.steps[sel], "live": self._live(plan), "max_norm": plan.max_norm,
-                  "keys": torch.stack([torch.randint(0, 2 ** 62, (), device=dev, generator=m.gen) for m in members]),
+                  "keys": plan.keys,
                   "lr": torch.tensor([[r[1][name] for name in self.adam.modules] for r in rates], device=dev),
                   "weight_decay": torch.tensor([r[2] for r in rates], device=dev)}
         inputs.update({f"w.{name}": value for name, value in plan.weights.items()})
@@ -478,19 +487,14 @@ class Cohort:
         pull = [m.cfg.coverage.radial_weight * min(1.0, m.epoch / max(1, int(e) // 2)) for m, e in zip(members, e1)]
         return {"steps": self._stack_steps(per, n_steps), "pull": torch.tensor(pull, device=self.device)}, n_steps
 
-    def _structure_inputs(self, members: list[Member], phases: list[str],
-                          cached: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[str, Any], list[int]]:
-        """Every structure (or geometry) step of ``members`` (their ``phases``): each draws its own batches (S, B)
-        from its sampler; B, and so the numbers of loss pairs min(n_pairs, B(B-1)/2), is the group's batch size.
-        When some members are in the geometry phase, every member has geodesic pairs: a structure-phase member
-        draws none (its random numbers stay its own) and takes fixed pairs whose term its zero weight cancels.
-        Only the draws are made member by member; what follows from them is computed for the group at once
-        (steps of a member with fewer repeat its last one, which it sits out), so the number of operations does
-        not grow with the members beyond their draws."""
+    def _draw_structure(self, members: list[Member], phases: list[str]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """The eager form's random inputs of a structure (or geometry) epoch, member by member from its generator:
+        its batches (S, B) from its sampler, radial and rank pairs, and geodesic pairs for a geometry-phase member
+        (a structure-phase member in a group with geometry-phase members takes fixed pairs and draws none, so its
+        random numbers stay its own). Stacked (K, S, ...); a member with fewer steps repeats its last one."""
         L = self.shared.loss
         geometry = "geometry" in phases
         draws, n_steps = [], []
-        B = None
         for i, m in enumerate(members):
             batches = m.sampler.epoch_batches(m.gen)                               # (S, B)
             S, B = batches.shape
@@ -505,9 +509,77 @@ class Cohort:
                 d["geo_i"], d["geo_j"] = pos.expand(S, n_geo), ((pos + 1) % B).expand(S, n_geo)
             draws.append(d)
             n_steps.append(S)
-        drawn = self._stack_steps(draws, n_steps)                                  # (K, S, ...)
+        return self._stack_steps(draws, n_steps), n_steps
+
+    def _draw_structure_by_counter(self, idx: list[int], phases: list[str],
+                                   keys: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """`_draw_structure` in graph form: the same draws (stratified batches, pairs) for all members at once, from
+        counter-based numbers of each member's key (`counter_bits_at`), at positions that depend on the member's own
+        sizes only, so that a member draws the same alone and in any group. Steps past a member's own are drawn
+        too (it sits them out)."""
+        L = self.shared.loss
+        t = self._sampler_tables(tuple(idx))
+        K, T, B, S = len(idx), t["slot_size"].shape[1], t["batch_size"], max(t["n_steps"])
+        slot = torch.arange(T, device=self.device).view(1, 1, T)
+        position = torch.arange(S, device=self.device).view(1, S, 1) * t["slots"].view(K, 1, 1) + slot
+        pick = uniform_below(counter_bits_at(keys, DATA_STREAMS, position), t["slot_size"].unsqueeze(1))
+        batches = t["sorted_train"].gather(1, (t["slot_offset"].unsqueeze(1) + pick).view(K, S * T)).view(K, S, T)
+        if T > B:    # a member with more slots than B keeps B of them at random (the others all theirs, in order)
+            order = torch.where(t["trim"].view(K, 1, 1), counter_bits_at(keys, DATA_STREAMS + 1, position),
+                                slot.expand(K, S, T))
+            order = torch.where(slot < t["slots"].view(K, 1, 1), order, 2 ** 33)
+            batches = batches.gather(2, torch.argsort(order, dim=2)[:, :, :B])
+        drawn = {"batches": batches}
+
+        def pairs(stream: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            p = uniform_below(counter_bits(keys, stream, S * 2 * n), B).view(K, S, 2, n)
+            i, j = p[:, :, 0], p[:, :, 1]
+            return i, torch.where(i == j, (j + 1) % B, j)
+
+        drawn["rad_i"], drawn["rad_j"] = pairs(DATA_STREAMS + 2, min(L.radial.n_pairs, B * (B - 1) // 2))
+        drawn["rank_i"], drawn["rank_j"] = pairs(DATA_STREAMS + 3, min(L.rank.n_pairs, B * (B - 1)))
+        if "geometry" in phases:
+            n_geo = min(L.geodesic.n_pairs, B * (B - 1) // 2)
+            gi, gj = pairs(DATA_STREAMS + 4, n_geo)
+            pos = torch.arange(n_geo, device=self.device) % B
+            geo = torch.tensor([phase == "geometry" for phase in phases], device=self.device).view(K, 1, 1)
+            drawn["geo_i"], drawn["geo_j"] = torch.where(geo, gi, pos), torch.where(geo, gj, (pos + 1) % B)
+        return drawn, t["n_steps"]
+
+    def _sampler_tables(self, idx: tuple[int, ...]) -> dict[str, Any]:
+        """The samplers of members ``idx`` (`data.StratifiedSampler`, one batch size) padded into (K, ...) tensors,
+        built once per group of members."""
+        if idx not in self._samplers:
+            samplers = [self.members[k].sampler for k in idx]
+            if len({s.batch_size for s in samplers}) != 1:
+                raise ValueError("a group's members share one batch size")
+
+            def padded(name: str, fill: int) -> torch.Tensor:
+                rows = [getattr(s, name) for s in samplers]
+                out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=torch.long, device=self.device)
+                for i, r in enumerate(rows):
+                    out[i, :len(r)] = r
+                return out
+
+            slots = torch.tensor([len(s.slot_offset) for s in samplers], device=self.device)
+            self._samplers[idx] = {
+                "sorted_train": padded("sorted_train", 0), "slot_offset": padded("slot_offset", 0),
+                "slot_size": padded("slot_size", 1), "slots": slots, "trim": slots > samplers[0].batch_size,
+                "batch_size": samplers[0].batch_size, "n_steps": [s.n_batches for s in samplers]}
+        return self._samplers[idx]
+
+    def _structure_inputs(self, members: list[Member], phases: list[str],
+                          cached: dict[str, tuple[torch.Tensor, torch.Tensor]], drawn: dict[str, torch.Tensor],
+                          n_steps: list[int]) -> tuple[dict[str, Any], list[int]]:
+        """Every structure (or geometry) step of ``members`` (their ``phases``) from their draws (`_draw_structure`
+        or `_draw_structure_by_counter`: batches (K, S, B) and loss pairs; B, and so the numbers of loss pairs
+        min(n_pairs, B(B-1)/2), is the group's batch size): what follows from the draws is computed for the
+        group at once, so the number of operations does not grow with the members. A structure-phase member in a
+        group with geometry-phase members has fixed geodesic pairs whose term its zero weight cancels."""
+        geometry = "geometry" in phases
+        drawn = dict(drawn)
         batches = drawn.pop("batches")
-        K, S = batches.shape[:2]
+        K, S, B = batches.shape
         flat = batches.reshape(K, S * B)
 
         def take(t: torch.Tensor) -> torch.Tensor:     # a table of every operation -> (K, S, B, ...)

@@ -6,9 +6,10 @@ reparameterisation noise (`StepRandom`). The blocks' sizes depend only on the me
 which encoders are frozen), so member k draws the same numbers alone and as one of K members.
 
 Steps in graph form (`tvae.cohort.engine`, the CUDA-graph path) cannot call K generators per step: there each
-member draws one 62-bit key per epoch from its generator, and a step's words and normals are a counter-based hash
-of (member key, step, position) computed for all members by the same few integer operations (`counter_bits`), so
-they too depend only on the member.
+member draws one 62-bit key per epoch from its generator, and a step's words and normals, and a structure epoch's
+batches and loss pairs, are a counter-based hash of (member key, stream, position) computed for all members by the
+same few integer operations (`counter_bits`, `counter_bits_at`), at positions that depend on the member's own
+sizes only, so they too depend only on the member.
 """
 from __future__ import annotations
 
@@ -109,10 +110,21 @@ def counter_bits(keys: torch.Tensor, stream: int, n: int) -> torch.Tensor:
     """(K, n) pseudo-random 32-bit values (int64) of member keys ``keys`` (K,) for counter ``stream`` (a step's
     own number): position i of member k is a hash of (the key's low word, stream, i) and the key's high word.
     Pure: the same key, stream and position give the same value in any cohort, on any device."""
-    lo, hi = (keys & _M32).unsqueeze(1), ((keys >> 32) & _M32).unsqueeze(1)
+    return counter_bits_at(keys, stream, torch.arange(n, device=keys.device, dtype=torch.int64).unsqueeze(0))
+
+
+def counter_bits_at(keys: torch.Tensor, stream: int, positions: torch.Tensor) -> torch.Tensor:
+    """`counter_bits` at given ``positions``: int64 in [0, 2^32), shaped (K, ...) or broadcastable to it (a
+    member's positions may depend on its own sizes, never on the cohort's)."""
+    shape = (-1,) + (1,) * (positions.dim() - 1)
+    lo, hi = (keys & _M32).view(shape), ((keys >> 32) & _M32).view(shape)
     base = pcg_hash(lo ^ pcg_hash(torch.full_like(lo, stream & _M32)))
-    position = torch.arange(n, device=keys.device, dtype=torch.int64).unsqueeze(0)
-    return pcg_hash(pcg_hash(position ^ base) ^ hi)
+    return pcg_hash(pcg_hash(positions ^ base) ^ hi)
+
+
+def uniform_below(bits: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
+    """Integers in [0, n) from 32-bit values (multiply and shift: exact in int64 for n < 2^31)."""
+    return (bits * n) >> 32
 
 
 def keep_multipliers(bits16: torch.Tensor, p: float) -> torch.Tensor:
