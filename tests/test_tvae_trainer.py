@@ -141,6 +141,7 @@ def test_population_bench_prints_one_json_line_per_candidate(steps):
         assert x["trial_epochs_s"] == pytest.approx(x["population"] / x["epoch_s"], rel=1e-3)
         assert "epoch_gpu_mib_per_member" not in x      # GPU memory is measured on a GPU only
         assert x["ops_per_epoch"] > 1000                   # an epoch's steps and evaluation, counted
+        assert 0 < x["train_s"] < x["epoch_s"] and 0 < x["eval_s"] < x["epoch_s"]
     assert lines[2]["ops_per_epoch"] > lines[1]["ops_per_epoch"]     # a second member's draws at least
 
 

@@ -12,7 +12,8 @@ medians, then one JSON line with ``train_epoch_s``, ``eval_s``, ``epoch_s``, ``d
 cohort, on the same schedule. With several K (and ``--single``, the single-run trainer as well) the
 candidates train side by side, one epoch of each in turn, so that a loaded machine slows them alike. Each prints
 a JSON line with ``population``, ``epoch_s`` (one cohort epoch, training + evaluation, median) and
-``trial_epochs_s`` (= K / epoch_s), the process CPU seconds of the same, and ``ops_per_epoch``: the operations
+``trial_epochs_s`` (= K / epoch_s), the medians of its training and evaluation apart (``train_s``, ``eval_s``),
+the process CPU seconds of the epoch, and ``ops_per_epoch``: the operations
 one more (untimed) epoch dispatches to torch's kernels (on a GPU, kernel launches and views; a CUDA-graph
 replay counts as none: what should not grow with K); on a GPU also
 ``epoch_gpu_mib_per_member``: the most GPU memory one of its epochs allocated beyond what was allocated before
@@ -154,7 +155,7 @@ def _population(args, sizes: list[int]) -> int:
     cuda = args.device == "cuda"
     for _, _, engine in candidates:
         engine.train_epoch()                            # coverage epoch: warm-up, not timed
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in candidates}
+    times: dict[str, list[tuple[float, ...]]] = {name: [] for name, _, _ in candidates}  # epoch, cpu, train, eval
     peak: dict[str, int] = {name: 0 for name, _, _ in candidates}   # GPU bytes an epoch adds to what was allocated
     for _ in range(epochs):
         for name, _, engine in candidates:              # side by side: one epoch of each in turn
@@ -166,7 +167,8 @@ def _population(args, sizes: list[int]) -> int:
             if cuda:
                 peak[name] = max(peak[name], torch.cuda.max_memory_allocated() - before)
             t = engine.timings
-            times[name].append((t["train_s"] + t["eval_s"], t["train_cpu_s"] + t["eval_cpu_s"]))
+            times[name].append((t["train_s"] + t["eval_s"], t["train_cpu_s"] + t["eval_cpu_s"], t["train_s"],
+                                t["eval_s"]))
     ops = {name: _count_ops(engine.train_epoch) for name, _, engine in candidates}
     med = statistics.median
     print(f"tvae.bench --population  preset={args.preset} device={args.device} threads={args.threads} "
@@ -175,10 +177,11 @@ def _population(args, sizes: list[int]) -> int:
           f"{'ops/epoch':>11}")
     lines = []
     for name, k, engine in candidates:
-        wall, cpu = med([w for w, _ in times[name]]), med([c for _, c in times[name]])
+        wall, cpu, train, ev = (med([t[i] for t in times[name]]) for i in range(4))
         print(f"{name:<16}{k:>5}{wall:>10.4f}{k / wall:>16.3f}{cpu:>13.4f}{k / cpu:>16.3f}{ops[name]:>11}")
         lines.append({"engine": "single" if name == "single run" else "cohort", "population": k,
                       "epoch_s": round(wall, 5), "trial_epochs_s": round(k / wall, 4),
+                      "train_s": round(train, 5), "eval_s": round(ev, 5),
                       "cpu_epoch_s": round(cpu, 5), "cpu_trial_epochs_s": round(k / cpu, 4),
                       "device": args.device, "threads": args.threads, "steps": _steps_way(engine),
                       "ops_per_epoch": ops[name]}

@@ -14,10 +14,12 @@ from tvae.geometry import radius
 # members evaluated together, per device type: on a GPU an evaluation's kernels are counted per pass, so passes
 # are larger there (`tvae.device_metrics` computes a whole pass's metrics in one batched set of kernels)
 MEMBERS_PER_PASS = {"cpu": 16, "cuda": 64}
-# members x operations per block, bounding a block's activations (x 256 floats): on a CPU blocks of 32 MiB
-# activations; on a GPU a whole pass in one block (about 1.3 GiB an activation), so that the number of kernels
-# of a pass does not grow with its members
-MEMBER_ROWS_PER_BLOCK = {"cpu": 32768, "cuda": MEMBERS_PER_PASS["cuda"] * N_OPS}
+# members x operations per block, bounding a block's activations (x 256 floats): on a CPU 8 MiB activations
+# (measured fastest there: 8 members took 0.056 s per member with 8,192 rows a block, 0.078 s with 32,768,
+# 0.133 s in one block; docs/benchmarks.md); on a GPU a whole pass in one block (about 1.3 GiB an activation), so
+# that the number of kernels of a pass does not grow with its members
+MEMBER_ROWS_PER_BLOCK = {"cpu": 8192, "cuda": MEMBERS_PER_PASS["cuda"] * N_OPS}
+MIN_ROWS_PER_BLOCK = 256
 
 
 def members_per_pass(device: torch.device) -> int:
@@ -28,13 +30,13 @@ def embed_all(model: StackedTernaryVAE, params: dict[str, torch.Tensor], trits: 
               classes: torch.Tensor, coverage: Sequence[bool], c: torch.Tensor,
               frozen_mu: dict[str, torch.Tensor], rows_per_block: int | None = None) -> tuple[torch.Tensor, ...]:
     """mu_B, z_B, r_A, r_B and decoder-correctness of every operation for each member (leading axis K), computed
-    in blocks of operations (fewer, larger blocks for fewer members). A member in the coverage phase has B tied to A (mu_B = mu_A, z_B = z_A), as the
+    in blocks of operations (larger blocks for fewer members). A member in the coverage phase has B tied to A (mu_B = mu_A, z_B = z_A), as the
     single run evaluates it. ``frozen_mu``: ``"A"``/``"B"`` -> (K, N, d) means of an encoder frozen for every
     member (not recomputed). ``rows_per_block``: members x operations per block (default: the device's
     `MEMBER_ROWS_PER_BLOCK`)."""
     if rows_per_block is None:
         rows_per_block = MEMBER_ROWS_PER_BLOCK.get(trits.device.type, MEMBER_ROWS_PER_BLOCK["cpu"])
-    rows = max(1024, rows_per_block // len(coverage))     # one block for a single member
+    rows = max(MIN_ROWS_PER_BLOCK, rows_per_block // len(coverage))
     parts = [_embed_block(model, params, trits[i:i + rows], classes[i:i + rows], coverage, c,
                           {k: v[:, i:i + rows] for k, v in frozen_mu.items()})
              for i in range(0, len(trits), rows)]
