@@ -340,9 +340,10 @@ def test_hand_written_gradients_match_autograd():
     members = cohort.members
     for k in range(2):
         cohort._begin_structure(k)
-    inp, _ = cohort._structure_inputs(members, ["geometry"] * 2, {}, *cohort._draw_structure(members, ["geometry"] * 2))
+    inp, _ = cohort.inputs.structure(members, ["geometry"] * 2, {},
+                                     *cohort.inputs.draw_structure(members, ["geometry"] * 2))
     step = {k: v[:, 0] for k, v in inp["steps"].items()}
-    w = cohort._weights(members, ["geometry"] * 2)
+    w = cohort.inputs.weights(members, ["geometry"] * 2)
     z = (torch.randn(2, 2, step["x"].shape[1], 16, generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_()
     r, pw = z.norm(dim=-1) * 2, torch.tensor([0.5, 1.0])
     for use_zero in (False, True):
@@ -448,9 +449,10 @@ def test_an_evaluation_pass_launches_as_many_kernels_for_any_number_of_members()
 
 
 def test_graph_form_draws_each_members_batches_from_its_key_alone_as_in_a_group():
-    """Steps in graph form draw a structure epoch's batches and loss pairs for the whole group from counter-based
-    numbers of each member's key: the same draws alone and beside members with other training splits (other
-    pools, slot layouts, numbers of steps), each batch laid out by the member's stratified sampler."""
+    """Steps in graph form draw an epoch's batches and loss pairs for the whole group from counter-based numbers
+    of each member's key: the same draws alone and beside members with other training splits (other pools, slot
+    layouts, numbers of steps), each structure batch laid out by the member's stratified sampler, each coverage
+    epoch a permutation of its training operations."""
     ov = {"phases.structure_start": 1, "phases.geometry_start": 1, "data.batch_size": 16}
     configs = [cfg(seed=0, epochs=2, **ov, **{"data.train_fraction": 0.1}),              # 18 slots: keeps 16
                cfg(seed=1, epochs=2, **ov, **{"data.split": "valuation", "data.split_level_min": 3}),  # 15 + 1
@@ -460,10 +462,11 @@ def test_graph_form_draws_each_members_batches_from_its_key_alone_as_in_a_group(
     assert [len(s.slot_offset) > 16 for s in samplers] == [True, False, True]
     phases = ["geometry", "structure", "geometry"]
     keys = torch.tensor([11, 2 ** 40 + 3, 7])
-    together, n_steps = cohort._draw_structure_by_counter([0, 1, 2], phases, keys)
+    draw = cohort.inputs.draw_structure_by_counter
+    together, n_steps = draw((0, 1, 2), cohort.members, phases, keys)
     assert n_steps == [s.n_batches for s in samplers] and len(set(n_steps)) == 3
     for k, (m, s) in enumerate(zip(cohort.members, samplers)):
-        alone, (S,) = cohort._draw_structure_by_counter([k], phases[k:k + 1], keys[k:k + 1])
+        alone, (S,) = draw((k,), [m], phases[k:k + 1], keys[k:k + 1])
         assert S == n_steps[k] and alone.keys() <= together.keys()
         for name, value in alone.items():
             assert torch.equal(value[0, :S], together[name][k, :S]), (k, name)
@@ -479,5 +482,13 @@ def test_graph_form_draws_each_members_batches_from_its_key_alone_as_in_a_group(
         for a, b in (("rad_i", "rad_j"), ("rank_i", "rank_j")) + ((("geo_i", "geo_j"),) if k != 1 else ()):
             i, j = alone[a][0], alone[b][0]
             assert (i != j).all() and i.min() >= 0 and max(i.max(), j.max()) < 16
-    other, _ = cohort._draw_structure_by_counter([0], phases[:1], keys[:1] + 1)
+    other, _ = draw((0,), cohort.members[:1], phases[:1], keys[:1] + 1)
     assert not torch.equal(other["batches"], together["batches"][:1])
+    # the coverage phase: each member's training operations in an order of its key, every one once an epoch
+    cover, n_steps = cohort.inputs.coverage(cohort.members, 128, (0, 1, 2), keys)
+    for k, m in enumerate(cohort.members):
+        alone, (S,) = cohort.inputs.coverage([m], 128, (k,), keys[k:k + 1])
+        for name, value in alone["steps"].items():
+            assert torch.equal(value[0, :S], cover["steps"][name][k, :S]), (k, name)
+        seen = alone["steps"]["idx"][0][alone["steps"]["row_w"][0] > 0]
+        assert S == n_steps[k] and torch.equal(seen.sort().values, m.train_ops.sort().values)

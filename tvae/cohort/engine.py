@@ -11,8 +11,9 @@ group's batch size is read from its members (their signature), never from the sh
 whose epoch has fewer steps (a smaller training split) sits out the group's remaining steps (no update).
 Evaluation runs for all members together, whatever their groups.
 
-An epoch reads: groups -> for each group: inputs -> steps -> (scatter back) -> checks -> evaluation -> rows ->
-homeostasis. A group's steps run eagerly (the CPU's way) or in graph form (the GPU's way: one function of tensors,
+An epoch reads: groups -> for each group: inputs (`tvae.cohort.inputs`) -> steps -> (scatter back) -> checks ->
+evaluation (`tvae.cohort.evaluation`) -> rows -> homeostasis. The optimiser is `tvae.cohort.adam`, the losses
+`tvae.cohort.losses`. A group's steps run eagerly (the CPU's way) or in graph form (the GPU's way: one function of tensors,
 replayed as a CUDA graph; `_train_group_in_graph_form`); both go through the same loop, `_steps`.
 """
 from __future__ import annotations
@@ -24,16 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tvae import checkpoint, config as config_mod, data, radius_terms
 from tvae.cohort import losses
 from tvae.cohort.adam import CohortAdam
-from tvae.cohort.evaluation import embed_all, members_per_pass
+from tvae.cohort.evaluation import Evaluation
+from tvae.cohort.inputs import GroupInputs
 from tvae.cohort.members import check_compatible
-from tvae.cohort.randomness import Site, StepRandom, counter_bits, counter_bits_at, uniform_below
+from tvae.cohort.randomness import Site, StepRandom
 from tvae.cohort.stacked import MODULES, Layout, StackedTernaryVAE
 from tvae.config import Config
 from tvae.cuda_graphs import EpochGraphs
@@ -41,14 +41,11 @@ from tvae.geometry import radius
 from tvae.homeostasis import Homeostasis
 from tvae.losses import level_targets
 from tvae.schedules import cosine, lr_factor
-from tvae.device_metrics import DeviceMetrics
-from tvae.trainer import (TERMS, _SplitEval, host_metrics, phase_of, summary_of, unpack_device_metrics,
-                          update_bests)
+from tvae.trainer import TERMS, _SplitEval, phase_of, summary_of, update_bests
 
 COHORT_VERSION = 1
 CHECKPOINT_FILE = "cohort.pt"
 MAX_GRAPHS = 16          # captured group shapes kept at once (each graph holds its own memory pool)
-DATA_STREAMS = 0xFFFF0000    # graph form: the counter streams of an epoch's batches and pairs (steps use 0, 1, ...)
 
 
 class Status:
@@ -156,7 +153,7 @@ class Cohort:
         self.device = dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
-        # the metrics on the embeddings' device (`tvae.trainer.packed_device_metrics`, default on a GPU: the host
+        # the metrics on the embeddings' device (`tvae.device_metrics`, default on a GPU: the host
         # would spend tens of milliseconds per member sorting) or in numpy on the host (`host_metrics`)
         self.device_metrics = dev.type == "cuda" if device_metrics is None else bool(device_metrics)
         # each group's steps in graph form (`_train_group_in_graph_form`; default on a GPU, where per-member
@@ -187,12 +184,15 @@ class Cohort:
         a = cfg.loss.a_path_weight
         self.path_weights = torch.tensor([a, 1.0] if a != 0.0 else [1.0], device=dev)
         self.use_zero = cfg.loss.zero.valuation_weight != 0.0 or cfg.loss.zero.sparsity_weight != 0.0
+        self.inputs = GroupInputs(cfg, dev, trits=self.trits, classes=self.classes, v=self.v,
+                                  zero_count=self.zero_count, zero_target=self.zero_target,
+                                  pair_valuation=self.pair_valuation, levels=self.levels)
         self.members = [self._member(c) for c in configs]
         self.flat = torch.stack([self.layout.initial_row(c.model, c.seed) for c in configs]).to(dev)
         self.adam = CohortAdam(len(configs), self.layout.n, self.layout.segments, dev)
         self.timings: dict[str, float] = {}
-        self._pass_metrics: dict[tuple[int, ...], DeviceMetrics] = {}
-        self._samplers: dict[tuple[int, ...], dict[str, Any]] = {}       # graph form: groups' stacked samplers
+        self.evaluation = Evaluation(self.model, self.layout, self.trits, self.classes, self.v, self.c, dev,
+                                     self.device_metrics)
 
     def _member(self, cfg: Config) -> Member:
         dev = self.device
@@ -314,14 +314,14 @@ class Cohort:
         keys = (torch.stack([torch.randint(0, 2 ** 62, (), device=self.device, generator=m.gen) for m in members])
                 if self.graph_steps else None)
         if kind == "coverage":
-            inp, n_steps = self._coverage_inputs(members, batch_size)
+            inp, n_steps = self.inputs.coverage(members, batch_size, tuple(idx), keys)
         else:
             cached = {name: self._frozen_outputs(idx, name) for name in ("encoder_A", "encoder_B") if frozen[name]}
-            draws = (self._draw_structure(members, phases) if keys is None
-                     else self._draw_structure_by_counter(idx, phases, keys))
-            inp, n_steps = self._structure_inputs(members, phases, cached, *draws)
+            draws = (self.inputs.draw_structure(members, phases) if keys is None
+                     else self.inputs.draw_structure_by_counter(tuple(idx), members, phases, keys))
+            inp, n_steps = self.inputs.structure(members, phases, cached, *draws)
         plan = _GroupPlan(kind=kind, modules=modules, sites=self._sites(kind, frozen, inp), steps=max(n_steps),
-                          n_steps=n_steps, weights=self._weights(members, phases), inputs=inp,
+                          n_steps=n_steps, weights=self.inputs.weights(members, phases), inputs=inp,
                           max_norm=torch.tensor([m.cfg.optim.max_grad_norm for m in members], device=self.device),
                           keys=keys)
         if self.graph_steps:
@@ -448,202 +448,6 @@ class Cohort:
             grad_sum += norm * live[:, s]
         return sums, grad_sum
 
-    # ------------------------------------------------------------------ inputs (drawn up front, per member)
-    def _pairs(self, gen: torch.Generator, n_steps: int, batch: int, n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random ordered pairs (i, j), i != j (j shifted by one where equal), for every step of the epoch."""
-        p = torch.randint(0, batch, (n_steps, 2, n_pairs), device=self.device, generator=gen)
-        i, j = p[:, 0], p[:, 1]
-        return i, torch.where(i == j, (j + 1) % batch, j)
-
-    @staticmethod
-    def _pad_steps(t: torch.Tensor, S: int) -> torch.Tensor:
-        """(n, ...) -> (S, ...) by repeating the last step (the inputs of steps a member sits out)."""
-        if len(t) == S:
-            return t
-        return torch.cat([t, t[-1:].expand(S - len(t), *t.shape[1:])])
-
-    def _stack_steps(self, per_member: list[dict[str, torch.Tensor]], n_steps: list[int]) -> dict[str, torch.Tensor]:
-        S = max(n_steps)
-        return {name: torch.stack([self._pad_steps(d[name], S) for d in per_member])
-                for name in per_member[0]}
-
-    def _coverage_inputs(self, members: list[Member], bsz: int) -> tuple[dict[str, Any], list[int]]:
-        """Every coverage step of ``members`` (whose coverage batch size is ``bsz``, their group's)."""
-        n_pairs = min(self.shared.loss.radial.n_pairs, bsz * (bsz - 1) // 2)
-        per, n_steps = [], []
-        for m in members:
-            n = len(m.train_ops)
-            perm = m.train_ops[torch.randperm(n, device=self.device, generator=m.gen)]
-            S = -(-n // bsz)
-            pi, pj = self._pairs(m.gen, S, bsz, n_pairs)
-            pos = torch.arange(S * bsz, device=self.device)
-            idx = perm[pos % n].view(S, bsz)
-            length = (n - torch.arange(S, device=self.device) * bsz).clamp(max=bsz)      # valid rows per step
-            valid = (torch.arange(bsz, device=self.device) < length.unsqueeze(1)).float()
-            length = length.unsqueeze(1)
-            per.append({"idx": idx, "pi": pi % length, "pj": pj % length, "row_w": valid / length})
-            n_steps.append(S)
-        e1 = torch.tensor([m.cfg.phases.structure_start for m in members])
-        pull = [m.cfg.coverage.radial_weight * min(1.0, m.epoch / max(1, int(e) // 2)) for m, e in zip(members, e1)]
-        return {"steps": self._stack_steps(per, n_steps), "pull": torch.tensor(pull, device=self.device)}, n_steps
-
-    def _draw_structure(self, members: list[Member], phases: list[str]) -> tuple[dict[str, torch.Tensor], list[int]]:
-        """The eager form's random inputs of a structure (or geometry) epoch, member by member from its generator:
-        its batches (S, B) from its sampler, radial and rank pairs, and geodesic pairs for a geometry-phase member
-        (a structure-phase member in a group with geometry-phase members takes fixed pairs and draws none, so its
-        random numbers stay its own). Stacked (K, S, ...); a member with fewer steps repeats its last one."""
-        L = self.shared.loss
-        geometry = "geometry" in phases
-        draws, n_steps = [], []
-        for i, m in enumerate(members):
-            batches = m.sampler.epoch_batches(m.gen)                               # (S, B)
-            S, B = batches.shape
-            d = {"batches": batches}
-            d["rad_i"], d["rad_j"] = self._pairs(m.gen, S, B, min(L.radial.n_pairs, B * (B - 1) // 2))
-            d["rank_i"], d["rank_j"] = self._pairs(m.gen, S, B, min(L.rank.n_pairs, B * (B - 1)))
-            n_geo = min(L.geodesic.n_pairs, B * (B - 1) // 2)
-            if phases[i] == "geometry":
-                d["geo_i"], d["geo_j"] = self._pairs(m.gen, S, B, n_geo)
-            elif geometry:
-                pos = torch.arange(n_geo, device=self.device) % B
-                d["geo_i"], d["geo_j"] = pos.expand(S, n_geo), ((pos + 1) % B).expand(S, n_geo)
-            draws.append(d)
-            n_steps.append(S)
-        return self._stack_steps(draws, n_steps), n_steps
-
-    def _draw_structure_by_counter(self, idx: list[int], phases: list[str],
-                                   keys: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[int]]:
-        """`_draw_structure` in graph form: the same draws (stratified batches, pairs) for all members at once, from
-        counter-based numbers of each member's key (`counter_bits_at`), at positions that depend on the member's own
-        sizes only, so that a member draws the same alone and in any group. Steps past a member's own are drawn
-        too (it sits them out)."""
-        L = self.shared.loss
-        t = self._sampler_tables(tuple(idx))
-        K, T, B, S = len(idx), t["slot_size"].shape[1], t["batch_size"], max(t["n_steps"])
-        slot = torch.arange(T, device=self.device).view(1, 1, T)
-        position = torch.arange(S, device=self.device).view(1, S, 1) * t["slots"].view(K, 1, 1) + slot
-        pick = uniform_below(counter_bits_at(keys, DATA_STREAMS, position), t["slot_size"].unsqueeze(1))
-        batches = t["sorted_train"].gather(1, (t["slot_offset"].unsqueeze(1) + pick).view(K, S * T)).view(K, S, T)
-        if T > B:    # a member with more slots than B keeps B of them at random (the others all theirs, in order)
-            order = torch.where(t["trim"].view(K, 1, 1), counter_bits_at(keys, DATA_STREAMS + 1, position),
-                                slot.expand(K, S, T))
-            order = torch.where(slot < t["slots"].view(K, 1, 1), order, 2 ** 33)
-            batches = batches.gather(2, torch.argsort(order, dim=2)[:, :, :B])
-        drawn = {"batches": batches}
-
-        def pairs(stream: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            p = uniform_below(counter_bits(keys, stream, S * 2 * n), B).view(K, S, 2, n)
-            i, j = p[:, :, 0], p[:, :, 1]
-            return i, torch.where(i == j, (j + 1) % B, j)
-
-        drawn["rad_i"], drawn["rad_j"] = pairs(DATA_STREAMS + 2, min(L.radial.n_pairs, B * (B - 1) // 2))
-        drawn["rank_i"], drawn["rank_j"] = pairs(DATA_STREAMS + 3, min(L.rank.n_pairs, B * (B - 1)))
-        if "geometry" in phases:
-            n_geo = min(L.geodesic.n_pairs, B * (B - 1) // 2)
-            gi, gj = pairs(DATA_STREAMS + 4, n_geo)
-            pos = torch.arange(n_geo, device=self.device) % B
-            geo = torch.tensor([phase == "geometry" for phase in phases], device=self.device).view(K, 1, 1)
-            drawn["geo_i"], drawn["geo_j"] = torch.where(geo, gi, pos), torch.where(geo, gj, (pos + 1) % B)
-        return drawn, t["n_steps"]
-
-    def _sampler_tables(self, idx: tuple[int, ...]) -> dict[str, Any]:
-        """The samplers of members ``idx`` (`data.StratifiedSampler`, one batch size) padded into (K, ...) tensors,
-        built once per group of members."""
-        if idx not in self._samplers:
-            samplers = [self.members[k].sampler for k in idx]
-            if len({s.batch_size for s in samplers}) != 1:
-                raise ValueError("a group's members share one batch size")
-
-            def padded(name: str, fill: int) -> torch.Tensor:
-                rows = [getattr(s, name) for s in samplers]
-                out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=torch.long, device=self.device)
-                for i, r in enumerate(rows):
-                    out[i, :len(r)] = r
-                return out
-
-            slots = torch.tensor([len(s.slot_offset) for s in samplers], device=self.device)
-            self._samplers[idx] = {
-                "sorted_train": padded("sorted_train", 0), "slot_offset": padded("slot_offset", 0),
-                "slot_size": padded("slot_size", 1), "slots": slots, "trim": slots > samplers[0].batch_size,
-                "batch_size": samplers[0].batch_size, "n_steps": [s.n_batches for s in samplers]}
-        return self._samplers[idx]
-
-    def _structure_inputs(self, members: list[Member], phases: list[str],
-                          cached: dict[str, tuple[torch.Tensor, torch.Tensor]], drawn: dict[str, torch.Tensor],
-                          n_steps: list[int]) -> tuple[dict[str, Any], list[int]]:
-        """Every structure (or geometry) step of ``members`` (their ``phases``) from their draws (`_draw_structure`
-        or `_draw_structure_by_counter`: batches (K, S, B) and loss pairs; B, and so the numbers of loss pairs
-        min(n_pairs, B(B-1)/2), is the group's batch size): what follows from the draws is computed for the
-        group at once, so the number of operations does not grow with the members. A structure-phase member in a
-        group with geometry-phase members has fixed geodesic pairs whose term its zero weight cancels."""
-        geometry = "geometry" in phases
-        drawn = dict(drawn)
-        batches = drawn.pop("batches")
-        K, S, B = batches.shape
-        flat = batches.reshape(K, S * B)
-
-        def take(t: torch.Tensor) -> torch.Tensor:     # a table of every operation -> (K, S, B, ...)
-            return t.index_select(0, flat.reshape(-1)).view(K, S, B, *t.shape[1:])
-
-        def take_own(t: torch.Tensor) -> torch.Tensor:    # (K, N, ...) per member -> (K, S, B, ...)
-            index = flat.view(K, S * B, *([1] * (t.dim() - 2))).expand(K, S * B, *t.shape[2:])
-            return t.gather(1, index).view(K, S, B, *t.shape[2:])
-
-        v_b = take(self.v)
-        onehot = F.one_hot(v_b, 10).float()
-        counts = onehot.sum(2)
-        n0 = take(self.zero_count)
-        d = {"x": take(self.trits), "cls": take(self.classes), "v": v_b, "onehot": onehot,
-             "present": (counts > 0).float(), "var_levels": (counts > 1).float(),
-             "r_orig": take_own(torch.stack([m.r_orig for m in members])),
-             "n0_std": (n0 - n0.mean(2, keepdim=True)) / (n0.std(2, keepdim=True) + 1e-8),
-             "zero_t": take(self.zero_target)}
-        d.update(drawn)
-        steps = lambda t: t.reshape(K * S, *t.shape[2:])                     # noqa: E731  (K, S, ...) -> (KS, ...)
-        consts = radius_terms.step_constants(*(steps(d[k]) for k in ("v", "onehot")), steps(counts),
-                                             *(steps(d[k]) for k in ("present", "var_levels", "r_orig", "rad_i",
-                                                                      "rad_j", "rank_i", "rank_j")),
-                                             self.levels, _delta_temperature(self.shared))
-        d.update({k: consts[k].view(K, S, *consts[k].shape[1:])
-                  for k in ("t_v", "w_v", "rad_gap", "rad_w", "rank_w", "rank_s", "inv_counts", "inv_counts1",
-                            "present_w", "var_w", "inv_var_orig")})
-        d["sep"] = torch.stack([m.sep for m in members]).unsqueeze(1).expand(K, S, *members[0].sep.shape)
-        d["sep_valid"] = torch.stack([m.sep_valid for m in members]).unsqueeze(1).expand(
-            K, S, *members[0].sep_valid.shape)
-        if geometry:
-            pv = self.pair_valuation[(batches.gather(2, d["geo_i"]) - batches.gather(2, d["geo_j"])).abs()]
-            col = lambda values: torch.tensor(values, device=self.device).view(K, 1, 1)  # noqa: E731
-            geo = [m.cfg.loss.geodesic for m in members]
-            t = col([g.max_target_distance for g in geo]) * torch.exp(-pv.float() / col([g.valuation_scale
-                                                                                        for g in geo]))
-            d["geo_t"] = torch.where(col([phase == "geometry" for phase in phases]), t, 0.0)
-        for name, (mu, lv) in cached.items():
-            d[f"mu_{name[-1]}"], d[f"lv_{name[-1]}"] = take_own(mu), take_own(lv)
-        return {"steps": d}, n_steps
-
-    def _weights(self, members: list[Member], phases: list[str]) -> dict[str, torch.Tensor]:
-        """Each member's loss scalars as (K,) tensors; in the geometry phase the radial weight is halved and the
-        geodesic weight applies (zero before)."""
-        def col(fn) -> torch.Tensor:
-            return torch.tensor([float(fn(m.cfg)) for m in members], device=self.device)
-
-        geometry = torch.tensor([phase == "geometry" for phase in phases], device=self.device)
-        return {
-            "recon": col(lambda c: c.coverage.recon_weight), "beta": col(lambda c: c.coverage.beta),
-            "free_bits": col(lambda c: c.coverage.free_bits),
-            "coverage": col(lambda c: c.loss.rich.coverage_weight),
-            "hierarchy": col(lambda c: c.loss.rich.hierarchy_weight), "richness": col(lambda c: c.loss.rich.richness_weight),
-            "separation": col(lambda c: c.loss.rich.separation_weight),
-            "min_richness_ratio": col(lambda c: c.loss.rich.min_richness_ratio),
-            "separation_margin": col(lambda c: c.loss.rich.separation_margin),
-            "radial": col(lambda c: c.loss.radial.weight) * torch.where(geometry, 0.5, 1.0),
-            "margin_weight": col(lambda c: c.loss.radial.margin_weight),
-            "rank": col(lambda c: c.loss.rank.weight), "geodesic": col(lambda c: c.loss.geodesic.weight) * geometry,
-            "zero_valuation": col(lambda c: c.loss.zero.valuation_weight),
-            "zero_sparsity": col(lambda c: c.loss.zero.sparsity_weight),
-            "zero_target_correlation": col(lambda c: c.loss.zero.target_correlation),
-        }
-
     def _sites(self, kind: str, frozen: dict[str, bool], inp: dict[str, Any]) -> tuple[list[Site], int]:
         """The random draws of one step, in the order the step's forward pass takes them."""
         model, d = self.model, self.shared.model.latent_dim
@@ -718,7 +522,7 @@ class Cohort:
         rows: dict[int, dict[str, Any]] = {}
         if not ok:
             return rows
-        metrics_rows = self._evaluate(ok)
+        metrics_rows = self.evaluation(self.flat, self.members, ok)
         pos = {k: i for i, k in enumerate(active)}
         segs = self.layout.segments
         # every member's weight norms and update ratio at once, read back in one transfer
@@ -749,46 +553,6 @@ class Cohort:
             row["curvature"] = float(self.c)
             rows[k] = row
         return rows
-
-    def _evaluate(self, idx: list[int]) -> dict[int, dict[str, float]]:
-        out: dict[int, dict[str, float]] = {}
-        on_device: list[tuple[list[int], DeviceMetrics, torch.Tensor]] = []
-        with torch.inference_mode():
-            per_pass = members_per_pass(self.device)
-            for start in range(0, len(idx), per_pass):
-                part = idx[start:start + per_pass]
-                params = self.layout.views(self.flat[part])
-                coverage = [self.members[k].phase() == "coverage" for k in part]
-                frozen_mu = {}
-                for name in ("encoder_A", "encoder_B"):      # an encoder frozen for all: its cached means
-                    if all(not cov and name in self.members[k].cache for k, cov in zip(part, coverage)):
-                        frozen_mu[name[-1]] = torch.stack([self.members[k].cache[name][0] for k in part])
-                mu_B, z_B, r_A, r_B, correct = embed_all(self.model, params, self.trits, self.classes, coverage,
-                                                         self.c, frozen_mu)
-                if self.device_metrics:     # the pass's metrics in one batched computation, read back below
-                    metrics = self._device_metrics(tuple(part))
-                    on_device.append((part, metrics, metrics.values(mu_B, z_B, r_A, r_B, correct, self.c)))
-                else:
-                    for i, k in enumerate(part):
-                        m = self.members[k]
-                        out[k] = host_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i],
-                                              self.c)
-            if on_device:                   # every pass's numbers in one transfer
-                values = torch.cat([v for _, _, v in on_device]).cpu().numpy()
-                row = 0
-                for part, metrics, _ in on_device:
-                    for i, k in enumerate(part):
-                        out[k] = unpack_device_metrics(metrics.model_values(values[row:row + len(part)], i),
-                                                       self.members[k].evals)
-                    row += len(part)
-        return out
-
-    def _device_metrics(self, part: tuple[int, ...]) -> DeviceMetrics:
-        """The device metrics of one evaluation pass's members (built once per set of members)."""
-        if part not in self._pass_metrics:
-            self._pass_metrics[part] = DeviceMetrics([self.members[k].evals for k in part],
-                                                     [self.members[k].train_ops for k in part], self.v, self.device)
-        return self._pass_metrics[part]
 
     def summary(self, k: int) -> dict[str, Any]:
         """What ``final.json`` holds for member k: the single run's summary plus its ``status`` (and ``error``)."""
@@ -857,11 +621,3 @@ class Cohort:
         return cls.from_member_states(members, device, None if epochs is None else [epochs] * len(members),
                                       **options)
 
-
-def _delta_temperature(cfg: Config) -> radius_terms.Weights:
-    """The two scalars `radius_terms.step_constants` reads (delta, temperature); the rest are unused there."""
-    rad = cfg.loss.radial
-    return radius_terms.Weights(hierarchy=0.0, richness=0.0, separation=0.0, radial=0.0, rank=0.0,
-                                min_richness_ratio=0.0, separation_margin=0.0, margin_weight=0.0,
-                                delta=(rad.outer_radius - rad.inner_radius) / 9, temperature=cfg.loss.rank.temperature,
-                                zero_valuation=0.0, zero_sparsity=0.0, zero_target_correlation=0.0)

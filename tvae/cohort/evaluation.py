@@ -1,15 +1,20 @@
-"""Evaluation of K members over all 19,683 operations: one stacked forward pass (eval mode, no noise, the
-means); the engine then computes the metrics, each member's on the host (`tvae.trainer.host_metrics`) or a whole
-pass's at once on the device (`tvae.device_metrics`)."""
+"""Evaluation of K members over all 19,683 operations, a pass of members at a time: one stacked forward pass
+(eval mode, no noise, the means), then the metrics, each member's on the host (`tvae.trainer.host_metrics`) or a
+whole pass's at once on the device (`tvae.device_metrics`)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from tvae.cohort.stacked import StackedTernaryVAE
+from tvae.cohort.stacked import Layout, StackedTernaryVAE
 from tvae.data import N_OPS
+from tvae.device_metrics import DeviceMetrics
 from tvae.geometry import radius
+from tvae.trainer import host_metrics, unpack_device_metrics
+
+if TYPE_CHECKING:
+    from tvae.cohort.engine import Member
 
 # members evaluated together, per device type: on a GPU an evaluation's kernels are counted per pass, so passes
 # are larger there (`tvae.device_metrics` computes a whole pass's metrics in one batched set of kernels)
@@ -58,3 +63,56 @@ def _embed_block(model, params, trits, classes, coverage, c, frozen_mu):
             mu_B, z_B = torch.where(tied, mu_A, mu_B), torch.where(tied, z_A, z_B)
     correct = (model.decoder(params, z_A, None).argmax(-1) == classes).all(-1)
     return mu_B, z_B, radius(z_A, c), radius(z_B, c), correct
+
+
+class Evaluation:
+    """A cohort's evaluation: each given member's metrics (the single run's row entries) from the embeddings of
+    every operation, computed a pass of members at a time; on the device (``on_device``: one batched computation
+    per pass, every pass's numbers read back in one transfer) or member by member in numpy on the host."""
+
+    def __init__(self, model: StackedTernaryVAE, layout: Layout, trits: torch.Tensor, classes: torch.Tensor,
+                 v: torch.Tensor, c: torch.Tensor, device: torch.device, on_device: bool):
+        self.model, self.layout, self.trits, self.classes, self.v, self.c = model, layout, trits, classes, v, c
+        self.device, self.on_device = device, on_device
+        self._pass_metrics: dict[tuple[int, ...], DeviceMetrics] = {}
+
+    def __call__(self, flat: torch.Tensor, members: Sequence[Member], idx: list[int]) -> dict[int, dict[str, float]]:
+        """{k: metrics} for members ``idx`` (indices into ``members`` and the rows of ``flat``)."""
+        out: dict[int, dict[str, float]] = {}
+        on_device: list[tuple[list[int], DeviceMetrics, torch.Tensor]] = []
+        with torch.inference_mode():
+            per_pass = members_per_pass(self.device)
+            for start in range(0, len(idx), per_pass):
+                part = idx[start:start + per_pass]
+                params = self.layout.views(flat[part])
+                coverage = [members[k].phase() == "coverage" for k in part]
+                frozen_mu = {}
+                for name in ("encoder_A", "encoder_B"):      # an encoder frozen for all: its cached means
+                    if all(not cov and name in members[k].cache for k, cov in zip(part, coverage)):
+                        frozen_mu[name[-1]] = torch.stack([members[k].cache[name][0] for k in part])
+                mu_B, z_B, r_A, r_B, correct = embed_all(self.model, params, self.trits, self.classes, coverage,
+                                                         self.c, frozen_mu)
+                if self.on_device:          # the pass's metrics in one batched computation, read back below
+                    metrics = self._device_metrics(members, tuple(part))
+                    on_device.append((part, metrics, metrics.values(mu_B, z_B, r_A, r_B, correct, self.c)))
+                else:
+                    for i, k in enumerate(part):
+                        m = members[k]
+                        out[k] = host_metrics(m.evals, m.train_ops, mu_B[i], z_B[i], r_A[i], r_B[i], correct[i],
+                                              self.c)
+            if on_device:                   # every pass's numbers in one transfer
+                values = torch.cat([v for _, _, v in on_device]).cpu().numpy()
+                row = 0
+                for part, metrics, _ in on_device:
+                    for i, k in enumerate(part):
+                        out[k] = unpack_device_metrics(metrics.model_values(values[row:row + len(part)], i),
+                                                       members[k].evals)
+                    row += len(part)
+        return out
+
+    def _device_metrics(self, members: Sequence[Member], part: tuple[int, ...]) -> DeviceMetrics:
+        """The device metrics of one pass's members (built once per set of members: their samples never change)."""
+        if part not in self._pass_metrics:
+            self._pass_metrics[part] = DeviceMetrics([members[k].evals for k in part],
+                                                     [members[k].train_ops for k in part], self.v, self.device)
+        return self._pass_metrics[part]

@@ -6,10 +6,10 @@ reparameterisation noise (`StepRandom`). The blocks' sizes depend only on the me
 which encoders are frozen), so member k draws the same numbers alone and as one of K members.
 
 Steps in graph form (`tvae.cohort.engine`, the CUDA-graph path) cannot call K generators per step: there each
-member draws one 62-bit key per epoch from its generator, and a step's words and normals, and a structure epoch's
-batches and loss pairs, are a counter-based hash of (member key, stream, position) computed for all members by the
-same few integer operations (`counter_bits`, `counter_bits_at`), at positions that depend on the member's own
-sizes only, so they too depend only on the member.
+member draws one 62-bit key per epoch from its generator, and a step's words and normals, and the epoch's data
+order, batches and loss pairs, are a counter-based hash of (member key, stream, position) computed for all
+members by the same few integer operations (`counter_bits`, `counter_bits_at`), at positions that depend on the
+member's own sizes only, so they too depend only on the member.
 """
 from __future__ import annotations
 
