@@ -135,6 +135,7 @@ def test_batched_level_moments_count_only_the_weighted_entries():
     for i in range(3):
         alone = metrics_torch.level_moments(r[i][keep[i]], levels[keep[i]])
         assert torch.allclose(batched[i], alone, rtol=1e-12, atol=1e-12)
-        assert float(metrics_torch.richness(batched)[i]) == pytest.approx(float(metrics_torch.richness(alone)), rel=1e-12)
+        assert float(metrics_torch.richness(batched)[i]) == pytest.approx(float(metrics_torch.richness(alone)),
+                                                                           rel=1e-12)
         assert float(metrics_torch.level_mean(batched, 9)[i]) == pytest.approx(
             float(metrics_torch.level_mean(alone, 9)), rel=1e-12, nan_ok=True)

@@ -89,7 +89,9 @@ class _SplitTables:
             padic = metrics_torch.spearman_discrete(distance(za, zb, c), self.padic_codes, N_LEVELS,
                                                     valid=self.padic_valid)
         return torch.stack([
-            (correct & self.member).sum(1).to(torch.float64),   # a count: divided on the host
+            # a count, divided on the host (CUDA divides by a scalar as a product with its reciprocal, which made
+            # 19683 / 19683 = 0.9999999999999999)
+            (correct & self.member).sum(1).to(torch.float64),
             metrics_torch.spearman_discrete(r_A, codes, N_LEVELS, valid=self.member),
             metrics_torch.spearman_discrete(r_B, codes, N_LEVELS, valid=self.member),
             metrics_torch.richness(moments_A), metrics_torch.richness(moments_B),

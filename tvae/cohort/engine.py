@@ -13,8 +13,8 @@ Evaluation runs for all members together, whatever their groups.
 
 An epoch reads: groups -> for each group: inputs (`tvae.cohort.inputs`) -> steps -> (scatter back) -> checks ->
 evaluation (`tvae.cohort.evaluation`) -> rows -> homeostasis. The optimiser is `tvae.cohort.adam`, the losses
-`tvae.cohort.losses`. A group's steps run eagerly (the CPU's way) or in graph form (the GPU's way: one function of tensors,
-replayed as a CUDA graph; `_train_group_in_graph_form`); both go through the same loop, `_steps`.
+`tvae.cohort.losses`. A group's steps run eagerly (the CPU's way) or in graph form (the GPU's way: one function
+of tensors, replayed as a CUDA graph; `_train_group_in_graph_form`); both go through the same loop, `_steps`.
 """
 from __future__ import annotations
 

@@ -35,8 +35,8 @@ def embed_all(model: StackedTernaryVAE, params: dict[str, torch.Tensor], trits: 
               classes: torch.Tensor, coverage: Sequence[bool], c: torch.Tensor,
               frozen_mu: dict[str, torch.Tensor], rows_per_block: int | None = None) -> tuple[torch.Tensor, ...]:
     """mu_B, z_B, r_A, r_B and decoder-correctness of every operation for each member (leading axis K), computed
-    in blocks of operations (larger blocks for fewer members). A member in the coverage phase has B tied to A (mu_B = mu_A, z_B = z_A), as the
-    single run evaluates it. ``frozen_mu``: ``"A"``/``"B"`` -> (K, N, d) means of an encoder frozen for every
+    in blocks of operations (larger blocks for fewer members). A member in the coverage phase has B tied to A
+    (mu_B = mu_A, z_B = z_A), as the single run evaluates it. ``frozen_mu``: ``"A"``/``"B"`` -> (K, N, d) means of an encoder frozen for every
     member (not recomputed). ``rows_per_block``: members x operations per block (default: the device's
     `MEMBER_ROWS_PER_BLOCK`)."""
     if rows_per_block is None:

@@ -1,14 +1,14 @@
-"""A group's inputs to one epoch of steps: what each member draws (its batches and loss pairs) and what follows
-from the draws (the batches' operations, valuations, targets and the radius terms' constants), as (K, S, ...)
-tensors with a leading member axis, and the members' loss weights as (K,) tensors.
+"""A group's inputs to one epoch of steps: what each member draws (its data order or batches, and loss pairs) and
+what follows from the draws (the batches' operations, valuations, targets and the radius terms' constants), as
+(K, S, ...) tensors with a leading member axis, and the members' loss weights as (K,) tensors.
 
 Draws come from each member's own generator (the eager form: `GroupInputs.draw_structure`, `GroupInputs.coverage`)
 or, in graph form, from counter-based numbers of each member's key for the whole group at once
-(`GroupInputs.draw_structure_by_counter`), at positions that depend on the member's own sizes only; either way a
-member draws the same numbers alone and in any group. What follows from the draws is computed for the group at
-once (`GroupInputs.structure`), so its number of operations does not grow with the members. A member with fewer
-steps than the group repeats its last step's inputs (eager draws) or has further draws (graph form); it sits
-those steps out.
+(`GroupInputs.draw_structure_by_counter`, `GroupInputs.coverage` with keys), at positions that depend on the
+member's own sizes only; either way a member draws the same numbers alone and in any group. What follows from the
+draws is computed for the group at once (`GroupInputs.structure`, `GroupInputs.coverage`), so its number of
+operations does not grow with the members. A member with fewer steps than the group sits the other steps out;
+their inputs repeat its last step, except a structure epoch's graph-form draws, which go on drawing.
 """
 from __future__ import annotations
 
@@ -237,7 +237,8 @@ class GroupInputs:
             "recon": col(lambda c: c.coverage.recon_weight), "beta": col(lambda c: c.coverage.beta),
             "free_bits": col(lambda c: c.coverage.free_bits),
             "coverage": col(lambda c: c.loss.rich.coverage_weight),
-            "hierarchy": col(lambda c: c.loss.rich.hierarchy_weight), "richness": col(lambda c: c.loss.rich.richness_weight),
+            "hierarchy": col(lambda c: c.loss.rich.hierarchy_weight),
+            "richness": col(lambda c: c.loss.rich.richness_weight),
             "separation": col(lambda c: c.loss.rich.separation_weight),
             "min_richness_ratio": col(lambda c: c.loss.rich.min_richness_ratio),
             "separation_margin": col(lambda c: c.loss.rich.separation_margin),
