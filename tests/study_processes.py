@@ -20,6 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 240.0   # the machine is shared and slow: Ray's start-up alone can take a minute
 
 
+def live_trials(study_dir: Path) -> list[dict]:
+    """The rows of a running study's ``trials.parquet`` ([] before it exists), read through one open file: the
+    driver replaces the file by renaming a new one over it, and a reader that opens the path twice (as
+    ``pq.read_table(path)`` may: footer, then pages) can mix two versions."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open(study_dir / "trials.parquet", "rb") as handle:
+            return pq.read_table(handle).to_pylist()
+    except FileNotFoundError:
+        return []
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for a server a test starts)."""
     with socket.socket() as sock:

@@ -11,17 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from study import optuna_store, recorder
 from study.layout import StudyLocation
-from study_processes import REPO, Studies, driver_env, wait_for
+from study_processes import REPO, Studies, driver_env, live_trials, wait_for
 
 
 def _statuses(study_dir: Path) -> dict[str, str]:
-    path = study_dir / "trials.parquet"
-    return {r["trial_id"]: r["status"] for r in pq.read_table(path).to_pylist()} if path.exists() else {}
+    return {r["trial_id"]: r["status"] for r in live_trials(study_dir)}
 
 
 def _completed_and_checkpointed(study_dir: Path) -> bool:

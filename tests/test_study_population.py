@@ -10,13 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from study import optuna_store, recorder, verify
 from study.layout import StudyLocation
 from study.member_stopping import RUNGS_DIR, MemberStopping, cutoff
-from study_processes import REPO, Studies, driver_env, wait_for
+from study_processes import REPO, Studies, driver_env, live_trials, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +25,7 @@ def _location(study_dir: Path) -> StudyLocation:
 
 
 def _trials(study_dir: Path) -> dict[str, dict]:
-    path = study_dir / "trials.parquet"
-    return {r["trial_id"]: r for r in pq.read_table(path).to_pylist()} if path.exists() else {}
+    return {r["trial_id"]: r for r in live_trials(study_dir)}
 
 
 def _rows(study_dir: Path) -> dict[str, list[int]]:

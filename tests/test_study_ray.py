@@ -21,17 +21,13 @@ import pytest
 
 from study import optuna_store, recorder
 from study.layout import StudyLocation
-from study_processes import REPO, Studies, driver_env, kill_session, wait_for
+from study_processes import REPO, Studies, driver_env, kill_session, live_trials, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def _statuses(study_dir: Path) -> dict[str, str]:
-    path = study_dir / "trials.parquet"
-    if not path.exists():
-        return {}
-    rows = pq.read_table(path).to_pylist()
-    return {r["trial_id"]: r["status"] for r in rows}
+    return {r["trial_id"]: r["status"] for r in live_trials(study_dir)}
 
 
 def _assert_complete_study(study_dir: Path, trials: int, epochs: int) -> None:
