@@ -19,6 +19,15 @@ MAX_VALUATION = 9
 N_LEVELS = MAX_VALUATION + 1
 
 
+def pad_rows(rows, device: torch.device | str = "cpu", fill: int = 0) -> torch.Tensor:
+    """(len(rows), longest) int64 tensor of index ``rows`` (tensors or numpy arrays of any lengths), padded with
+    ``fill``: the per-member tables that a cohort stacks."""
+    out = torch.full((len(rows), max((len(r) for r in rows), default=0)), fill, dtype=torch.long, device=device)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(r, device=device)
+    return out
+
+
 def all_trits() -> torch.Tensor:
     """(N, 9) float32 trits in {-1, 0, 1}, row i = operation i."""
     idx = torch.arange(N_OPS)

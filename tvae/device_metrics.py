@@ -17,53 +17,48 @@ import numpy as np
 import torch
 
 from tvae import metrics_torch
+from tvae.data import N_LEVELS, pad_rows
 from tvae.geometry import distance
 
 # the metrics of one split, in order (Q is derived on the host from dist_corr and hierarchy_B)
 NAMES = ("coverage", "hierarchy_A", "hierarchy_B", "richness_A", "richness_B", "dist_corr", "padic_dist_corr",
          "r_v0", "r_v9")
 SPLITS = ("train", "heldout")
-N_LEVELS = 10
-
-
-def _padded(rows: Sequence[np.ndarray], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(len(rows), longest) tensor of ``rows`` padded with zeros."""
-    out = np.zeros((len(rows), max((len(r) for r in rows), default=0)), dtype=np.int64)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return torch.from_numpy(out).to(device=device, dtype=dtype)
 
 
 class _SplitTables:
     """One split's samples of the models that have it, padded and on the device."""
 
-    def __init__(self, evals: Sequence[Any], which: list[int], n_ops: int, device: torch.device):
-        P = len(which)
+    def __init__(self, evals: Sequence[Any], which: list[int], n_models: int, levels: torch.Tensor,
+                 device: torch.device):
+        P, n_ops = len(which), len(levels)
         self.which = torch.tensor(which, dtype=torch.long, device=device)
-        self.all_models = None                  # set by DeviceMetrics: whether ``which`` is every model
+        self.all_models = P == n_models
         member = np.zeros((P, n_ops), dtype=bool)
         for i, ev in enumerate(evals):
             member[i, ev.ops] = True
         self.member = torch.from_numpy(member).to(device)
-        self.n_ops = torch.tensor([len(ev.ops) for ev in evals], device=device)
-        # dist_corr: all i < j pairs of each model's m sampled operations; m differs only for tiny splits
+        self.weight = self.member.to(torch.float64)
+        # dist_corr: all i < j pairs of each model's m sampled operations (m differs only for tiny splits) and
+        # their |delta v| codes, fixed like the samples
         m = [0 if ev.dist is None else len(ev.dist.positions) for ev in evals]
         self.has_dist = max(m) >= 2
         if self.has_dist:
-            self.dist_ops = _padded([ev.ops[ev.dist.positions] if ev.dist is not None else np.zeros(0, np.int64)
-                                     for ev in evals], torch.long, device)
+            self.dist_ops = pad_rows([ev.ops[ev.dist.positions] if ev.dist is not None else np.zeros(0, np.int64)
+                                      for ev in evals], device)
             self.dist_m = torch.tensor(m, device=device).unsqueeze(1)
             iu, ju = np.triu_indices(max(m), k=1)
             self.iu, self.ju = torch.from_numpy(iu).to(device), torch.from_numpy(ju).to(device)
+            v_s = levels[self.dist_ops]
+            self.dist_codes = (v_s[:, self.iu] - v_s[:, self.ju]).abs().to(torch.uint8)
         # padic_dist_corr: fixed pairs of operations and their 3-adic distance codes
         n_pairs = [0 if ev.pi is None else len(ev.pi) for ev in evals]
         self.has_padic = max(n_pairs) > 0
         if self.has_padic:
             empty = np.zeros(0, np.int64)
-            self.pi = _padded([empty if ev.pi is None else ev.pi for ev in evals], torch.long, device)
-            self.pj = _padded([empty if ev.pj is None else ev.pj for ev in evals], torch.long, device)
-            self.padic_codes = _padded([empty if ev.pi is None else ev.padic_codes for ev in evals], torch.long,
-                                       device)
+            self.pi = pad_rows([empty if ev.pi is None else ev.pi for ev in evals], device)
+            self.pj = pad_rows([empty if ev.pj is None else ev.pj for ev in evals], device)
+            self.padic_codes = pad_rows([empty if ev.pi is None else ev.padic_codes for ev in evals], device)
             self.padic_valid = torch.arange(self.pi.shape[1], device=device) < torch.tensor(n_pairs, device=device
                                                                                            ).unsqueeze(1)
 
@@ -71,17 +66,14 @@ class _SplitTables:
                z_B: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """(P_split, len(NAMES)) float64 for the models that have this split (inputs already cut to them)."""
         nan = torch.full((r_B.shape[0],), float("nan"), dtype=torch.float64, device=r_B.device)
-        weight = self.member.to(torch.float64)
-        moments_A = metrics_torch.level_moments(r_A, levels, weight)
-        moments_B = metrics_torch.level_moments(r_B, levels, weight)
+        moments_A = metrics_torch.level_moments(r_A, levels, self.weight)
+        moments_B = metrics_torch.level_moments(r_B, levels, self.weight)
         codes = levels.expand_as(r_B)
         dist = padic = nan
         if self.has_dist:
             r_s = r_B.gather(1, self.dist_ops)
-            v_s = levels[self.dist_ops]
             pair_d = (r_s[:, self.iu] - r_s[:, self.ju]).abs()
-            pair_dv = (v_s[:, self.iu] - v_s[:, self.ju]).abs()
-            dist = metrics_torch.spearman_discrete(pair_d, pair_dv, N_LEVELS, valid=self.ju < self.dist_m)
+            dist = metrics_torch.spearman_discrete(pair_d, self.dist_codes, N_LEVELS, valid=self.ju < self.dist_m)
         if self.has_padic:
             d = z_B.shape[-1]
             za = z_B.gather(1, self.pi.unsqueeze(-1).expand(-1, -1, d))
@@ -106,17 +98,15 @@ class DeviceMetrics:
                  levels: torch.Tensor, device: torch.device):
         self.P = len(evals)
         self.levels = levels.to(device=device, dtype=torch.long)      # valuation of every operation
-        n_ops = len(self.levels)
         self.splits: dict[str, _SplitTables] = {}
         self.has = [tuple(s for s in SPLITS if s in e) for e in evals]
         for split in SPLITS:
             which = [i for i, e in enumerate(evals) if split in e]
             if which:
-                tables = _SplitTables([evals[i][split] for i in which], which, n_ops, device)
-                tables.all_models = len(which) == self.P
-                self.splits[split] = tables
+                self.splits[split] = _SplitTables([evals[i][split] for i in which], which, self.P, self.levels,
+                                                  device)
         # the training operations of each model, padded (a padded row gets weight 0)
-        self.train_ops = _padded([ops.cpu().numpy() for ops in train_ops], torch.long, device).unsqueeze(-1)
+        self.train_ops = pad_rows([ops.cpu() for ops in train_ops], device).unsqueeze(-1)
         self.train_weight = (torch.arange(self.train_ops.shape[1], device=device)
                              < torch.tensor([len(ops) for ops in train_ops], device=device).unsqueeze(1)
                              ).to(torch.float32).unsqueeze(-1)

@@ -57,7 +57,6 @@ def spearman_discrete(x: torch.Tensor, codes: torch.Tensor, n_codes: int,
     else:
         n = valid.sum(-1, keepdim=True).to(torch.float64)
         used = torch.arange(L, device=x.device) < n           # the sorted positions of valid entries
-        rank_x = rank_x * used
     mean = (n + 1) / 2
     dev_x = rank_x - mean if used is None else (rank_x - mean) * used
     var_x = (dev_x ** 2).sum(-1)

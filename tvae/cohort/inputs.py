@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tvae import radius_terms
+from tvae.data import pad_rows
 from tvae.cohort.randomness import counter_bits, counter_bits_at, uniform_below
 from tvae.config import Config
 
@@ -39,7 +40,9 @@ class GroupInputs:
         self.trits, self.classes, self.v = trits, classes, v
         self.zero_count, self.zero_target, self.pair_valuation = zero_count, zero_target, pair_valuation
         self.levels = levels
-        self._samplers: dict[Any, Any] = {}       # graph form: groups' stacked samplers and training operations
+        # graph form, built once per group of members: their samplers' tables and training operations, padded
+        self._samplers: dict[tuple[int, ...], dict[str, Any]] = {}
+        self._train_ops_of: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _pairs(self, gen: torch.Generator, n_steps: int, batch: int, n_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Random ordered pairs (i, j), i != j (j shifted by one where equal), for every step of the epoch."""
@@ -64,7 +67,7 @@ class GroupInputs:
                 orders.append(m.train_ops[torch.randperm(len(m.train_ops), device=dev, generator=m.gen)])
                 pi, pj = self._pairs(m.gen, S_k, bsz, n_pairs)
                 draws.append({"pi": pi, "pj": pj})
-            order = _padded(orders, dev)
+            order = pad_rows(orders, dev)
             pairs = _stack_steps(draws, n_steps)
         else:
             ops = self._train_ops(group, members)
@@ -150,10 +153,9 @@ class GroupInputs:
 
     def _train_ops(self, group: tuple[int, ...], members: list[Member]) -> torch.Tensor:
         """(K, most) training operations of ``members``, padded with 0, built once per ``group``."""
-        key = ("train_ops", group)
-        if key not in self._samplers:
-            self._samplers[key] = _padded([m.train_ops for m in members], self.device)
-        return self._samplers[key]
+        if group not in self._train_ops_of:
+            self._train_ops_of[group] = pad_rows([m.train_ops for m in members], self.device)
+        return self._train_ops_of[group]
 
     def _sampler_tables(self, group: tuple[int, ...], members: list[Member]) -> dict[str, Any]:
         """The samplers of ``members`` (`data.StratifiedSampler`, one batch size) padded into (K, ...) tensors,
@@ -164,7 +166,7 @@ class GroupInputs:
                 raise ValueError("a group's members share one batch size")
 
             def padded(name: str, fill: int) -> torch.Tensor:
-                return _padded([getattr(s, name) for s in samplers], self.device, fill)
+                return pad_rows([getattr(s, name) for s in samplers], self.device, fill)
 
             slots = torch.tensor([len(s.slot_offset) for s in samplers], device=self.device)
             self._samplers[group] = {
@@ -256,14 +258,6 @@ def _pad_steps(t: torch.Tensor, S: int) -> torch.Tensor:
     if len(t) == S:
         return t
     return torch.cat([t, t[-1:].expand(S - len(t), *t.shape[1:])])
-
-
-def _padded(rows: list[torch.Tensor], device: torch.device, fill: int = 0) -> torch.Tensor:
-    """(len(rows), longest) int64 tensor of ``rows`` padded with ``fill``."""
-    out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
 
 
 def _stack_steps(per_member: list[dict[str, torch.Tensor]], n_steps: list[int]) -> dict[str, torch.Tensor]:
